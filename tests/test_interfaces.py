@@ -1,0 +1,139 @@
+"""The data and model interfaces, the line dataset and the argv handling, in process."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import ROOT, Run
+
+from data.data_interface import DInterface
+from data.line import LineDataset
+from main import normalize_argv, selected_names
+from model.linear import LinearRegressionModel
+from model.model_interface import MInterface
+from utils import ConfigError, available
+
+
+def test_line_dataset_is_the_seeds_line_split_by_position() -> None:
+    train, test = LineDataset(train=True), LineDataset(train=False)
+    assert (len(train), len(test)) == (40, 10)
+    assert train.x.max() < test.x.min()
+    torch.testing.assert_close(test.y, 0.7 * test.x + 0.3)
+    noisy = LineDataset(noise_std=0.1)
+    assert 0.01 < (noisy.y - train.y).abs().mean() < 0.2
+    torch.testing.assert_close(LineDataset(noise_std=0.1).y, noisy.y)
+
+
+def test_line_dataset_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="train_fraction"):
+        LineDataset(train_fraction=1.0)
+    with pytest.raises(ValueError, match="step > 0"):
+        LineDataset(step=0)
+
+
+def test_splits_are_seeded_and_disjoint() -> None:
+    def splits(seed: int) -> list[list[float]]:
+        dm = DInterface(dataset="line", split_seed=seed)
+        dm.setup("fit")
+        return [sorted(float(dm.dataset.x[i]) for i in s.indices) for s in (dm.train_set, dm.val_set)]
+
+    train, val = splits(0)
+    assert (len(train), len(val)) == (32, 8) and not set(train) & set(val)
+    assert splits(0) == [train, val] and splits(1) != [train, val]
+
+
+def test_dataset_without_its_own_test_split_is_split_three_ways() -> None:
+    dm = DInterface(dataset="line", dataset_args={"train_fraction": 0.5})
+    dm.dataset_class = lambda **kwargs: LineDataset(train=True, **kwargs)  # a pool with no `train` switch
+    dm.has_test_split = False
+    dm.setup("fit")
+    assert [len(s) for s in (dm.train_set, dm.val_set, dm.test_set)] == [15, 5, 5]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"val_fraction": 0.0}, "val_fraction must be between 0 and 1"),
+        ({"test_fraction": 0.1}, "has its own test split"),
+        ({"batch_size": 0}, "batch_size must be >= 1"),
+        ({"persistent_workers": True}, "needs data.num_workers > 0"),
+        ({"dataset": "nope"}, "unknown data 'nope'"),
+    ],
+)
+def test_data_interface_rejects_bad_settings(kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        DInterface(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"net": "nope"}, "unknown model 'nope'.*Available: linear"),
+        ({"loss": "L2Loss"}, "unknown loss 'L2Loss'"),
+        ({"optimizer": "Adamm"}, "unknown optimizer 'Adamm'"),
+        ({"lr_scheduler": "Cosine"}, "unknown lr_scheduler 'Cosine'"),
+        ({"lr": -1.0}, "model.lr must be > 0"),
+    ],
+)
+def test_model_interface_rejects_bad_settings(kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        MInterface(**kwargs)
+
+
+def test_model_interface_configures_the_named_optimizer_and_scheduler() -> None:
+    model = MInterface(optimizer="Adam", lr=0.2, lr_scheduler="StepLR", lr_scheduler_args={"step_size": 3})
+    config = model.configure_optimizers()
+    assert isinstance(config["optimizer"], torch.optim.Adam) and config["optimizer"].defaults["lr"] == 0.2
+    assert config["lr_scheduler"]["scheduler"].step_size == 3
+    assert isinstance(MInterface().configure_optimizers(), torch.optim.SGD)
+
+
+def test_available_lists_files_not_interfaces() -> None:
+    assert available("model") == ["linear"] and available("data") == ["line"]
+
+
+def test_argv_gets_fit_and_expands_shorthands_idempotently() -> None:
+    config = str(ROOT / "configs" / "linear.yaml")
+    once = normalize_argv(["--trainer.max_epochs=5", "--model", "linear", "--data=line"])
+    assert once == [
+        "fit",
+        "--config",
+        config,
+        "--trainer.max_epochs=5",
+        "--model.net",
+        "linear",
+        "--data.dataset",
+        "line",
+    ]
+    assert normalize_argv(once) == once
+    assert normalize_argv(["test", "--model", "cfg.yaml"]) == ["test", "--model", "cfg.yaml"]
+    assert normalize_argv(["--help"]) == ["--help"]
+
+
+def test_selected_names_follow_configs_then_later_arguments(tmp_path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("model:\n  net: from_config\ndata:\n  dataset: data_from_config\n")
+    assert selected_names(["fit"]) == ("linear", "line")
+    assert selected_names(["fit", "--config", str(config)]) == ("from_config", "data_from_config")
+    assert selected_names(["fit", "--config", str(config), "--model.net=later"]) == ("later", "data_from_config")
+
+
+@pytest.mark.slow
+def test_state_dict_round_trip_in_plain_pytorch(line_run: Run) -> None:
+    trained = MInterface.load_from_checkpoint(line_run.cwd / line_run.results["best_checkpoint"])
+    fresh = LinearRegressionModel()
+    fresh.load_state_dict(torch.load(line_run.run_dir / "model.pth", weights_only=True))
+    fresh.eval()
+    x = torch.arange(0.8, 1.0, 0.02).unsqueeze(1)
+    with torch.inference_mode():
+        torch.testing.assert_close(fresh(x), trained.net(x), rtol=0, atol=0)
+    assert abs(fresh.weight.item() - 0.7) < 0.01 and abs(fresh.bias.item() - 0.3) < 0.01
+
+
+@pytest.mark.slow
+def test_load_from_checkpoint_needs_no_arguments(line_run: Run) -> None:
+    model = MInterface.load_from_checkpoint(line_run.run_dir / "checkpoints" / "last.ckpt")
+    assert model.hparams.net == "linear" and model.hparams.lr_scheduler == "CosineAnnealingLR"
+    with torch.inference_mode():
+        prediction = model(torch.tensor([[2.0]])).item()
+    assert abs(prediction - (0.7 * 2.0 + 0.3)) < 0.03
