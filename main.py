@@ -188,7 +188,7 @@ class TemplateCLI(LightningCLI):
         results["validation"] = self.trainer.validate(**run, verbose=False)[0]
         if self.config.fit.test_after_fit:
             results["test"] = self.trainer.test(**run)[0]
-        if self.trainer.is_global_zero:
+        if self.trainer.is_global_zero and self.trainer.log_dir:
             # Seed 001's save step: the best network's weights, loadable without Lightning.
             results["state_dict"] = str(Path(self.trainer.log_dir) / "model.pth")
             torch.save(self.model.net.state_dict(), results["state_dict"])
@@ -202,15 +202,17 @@ class TemplateCLI(LightningCLI):
 
     def after_predict(self) -> None:
         predictions = torch.cat(self.trainer.predict_loop.predictions)
-        path = Path(self.trainer.log_dir) / "predictions.pt"
-        torch.save(predictions, path)
-        self._report({"predictions": str(path), "num_predictions": len(predictions)})
+        results: dict[str, Any] = {"num_predictions": len(predictions)}
+        if self.trainer.is_global_zero and self.trainer.log_dir:
+            results["predictions"] = str(Path(self.trainer.log_dir) / "predictions.pt")
+            torch.save(predictions, results["predictions"])
+        self._report(results)
 
     def _metrics(self, prefix: str) -> dict[str, float]:
         return {k: v.item() for k, v in self.trainer.callback_metrics.items() if k.startswith(prefix)}
 
     def _report(self, results: dict[str, Any]) -> None:
-        """Write results.json into the run directory and print what was learned and where it went."""
+        """Print what was learned and write results.json into the run directory (none under fast_dev_run)."""
         if not self.trainer.is_global_zero:
             return
         net = self.model.net
@@ -224,6 +226,8 @@ class TemplateCLI(LightningCLI):
             for name, value in learned.items():
                 shown = ", ".join(f"{v:.4f}" for v in value)
                 print(f"learned {name}: {shown}" + (f"  (true: {true[name]})" if name in true else ""))
+        if not self.trainer.log_dir:
+            return
         run_dir = Path(self.trainer.log_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "results.json").write_text(json.dumps(_finite(results), indent=2) + "\n")

@@ -30,7 +30,7 @@ class PlotPredictions(Callback):
         self.filename = filename
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or not trainer.log_dir:  # no run directory under fast_dev_run
             return
         import matplotlib
 

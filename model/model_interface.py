@@ -11,11 +11,11 @@ from torch import nn
 from utils import ConfigError, find_class
 
 
-def _torch_attr(namespace: Any, kind: str, name: str) -> Any:
+def _torch_attr(namespace: Any, kind: str, name: str, examples: str) -> Any:
     """`namespace.name` (a loss, optimizer or scheduler class), or a ConfigError that says where to look."""
     cls = getattr(namespace, name, None)
     if not isinstance(cls, type):
-        raise ConfigError(f"unknown {kind} {name!r}: use a class name from {namespace.__name__}, e.g. the default")
+        raise ConfigError(f"unknown {kind} {name!r}: use a class name from {namespace.__name__}, e.g. {examples}")
     return cls
 
 
@@ -52,11 +52,11 @@ class MInterface(pl.LightningModule):
             raise ConfigError(f"model.lr must be > 0, got {lr}")
         self.save_hyperparameters()
         self.net = find_class("model", net, nn.Module)(**(net_args or {}))
-        self.loss_fn = _torch_attr(nn, "loss", loss)()
+        self.loss_fn = _torch_attr(nn, "loss", loss, "L1Loss, MSELoss, HuberLoss")()
         self.lr = lr  # an attribute, so that Lightning's learning-rate finder can set it
-        _torch_attr(torch.optim, "optimizer", optimizer)
+        _torch_attr(torch.optim, "optimizer", optimizer, "SGD, Adam, AdamW")
         if lr_scheduler is not None:
-            _torch_attr(torch.optim.lr_scheduler, "lr_scheduler", lr_scheduler)
+            _torch_attr(torch.optim.lr_scheduler, "lr_scheduler", lr_scheduler, "StepLR, CosineAnnealingLR")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

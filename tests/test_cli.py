@@ -180,3 +180,10 @@ def test_an_error_inside_a_model_file_surfaces_as_itself(project_copy: Path, tmp
     assert run.returncode != 0
     assert "No module named 'torch_does_not_exist'" in run.stderr
     assert "unknown model" not in run.stderr
+
+
+def test_fast_dev_run_reports_without_writing_a_run(tmp_path: Path) -> None:
+    run = run_main("--model", "linear", "--trainer.fast_dev_run=true", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "learned weight:" in run.stdout and "Run written to" not in run.stdout
+    assert not list(tmp_path.rglob("results.json")) and not list(tmp_path.rglob("predictions.png"))
