@@ -188,9 +188,9 @@ class TemplateCLI(LightningCLI):
         results["validation"] = self.trainer.validate(**run, verbose=False)[0]
         if self.config.fit.test_after_fit:
             results["test"] = self.trainer.test(**run)[0]
-        if self.trainer.is_global_zero and self.trainer.log_dir:
+        if run_dir := self._run_dir():
             # Seed 001's save step: the best network's weights, loadable without Lightning.
-            results["state_dict"] = str(Path(self.trainer.log_dir) / "model.pth")
+            results["state_dict"] = str(run_dir / "model.pth")
             torch.save(self.model.net.state_dict(), results["state_dict"])
         self._report(results)
 
@@ -203,10 +203,18 @@ class TemplateCLI(LightningCLI):
     def after_predict(self) -> None:
         predictions = torch.cat(self.trainer.predict_loop.predictions)
         results: dict[str, Any] = {"num_predictions": len(predictions)}
-        if self.trainer.is_global_zero and self.trainer.log_dir:
-            results["predictions"] = str(Path(self.trainer.log_dir) / "predictions.pt")
+        if run_dir := self._run_dir():
+            results["predictions"] = str(run_dir / "predictions.pt")
             torch.save(predictions, results["predictions"])
         self._report(results)
+
+    def _run_dir(self) -> Path | None:
+        """Where this process writes the run's files: none on other ranks than 0, or under fast_dev_run."""
+        if not (self.trainer.is_global_zero and self.trainer.log_dir):
+            return None
+        run_dir = Path(self.trainer.log_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir
 
     def _metrics(self, prefix: str) -> dict[str, float]:
         return {k: v.item() for k, v in self.trainer.callback_metrics.items() if k.startswith(prefix)}
@@ -226,10 +234,9 @@ class TemplateCLI(LightningCLI):
             for name, value in learned.items():
                 shown = ", ".join(f"{v:.4f}" for v in value)
                 print(f"learned {name}: {shown}" + (f"  (true: {true[name]})" if name in true else ""))
-        if not self.trainer.log_dir:
+        run_dir = self._run_dir()
+        if run_dir is None:
             return
-        run_dir = Path(self.trainer.log_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "results.json").write_text(json.dumps(_finite(results), indent=2) + "\n")
         print(f"Run written to {run_dir}")
         print(f"Open TensorBoard with: tensorboard --logdir {run_dir.parent}")

@@ -54,9 +54,12 @@ class MInterface(pl.LightningModule):
         self.net = find_class("model", net, nn.Module)(**(net_args or {}))
         self.loss_fn = _torch_attr(nn, "loss", loss, "L1Loss, MSELoss, HuberLoss")()
         self.lr = lr  # an attribute, so that Lightning's learning-rate finder can set it
-        _torch_attr(torch.optim, "optimizer", optimizer, "SGD, Adam, AdamW")
-        if lr_scheduler is not None:
-            _torch_attr(torch.optim.lr_scheduler, "lr_scheduler", lr_scheduler, "StepLR, CosineAnnealingLR")
+        self.optimizer_class = _torch_attr(torch.optim, "optimizer", optimizer, "SGD, Adam, AdamW")
+        self.scheduler_class = (
+            None
+            if lr_scheduler is None
+            else _torch_attr(torch.optim.lr_scheduler, "lr_scheduler", lr_scheduler, "StepLR, CosineAnnealingLR")
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -82,9 +85,8 @@ class MInterface(pl.LightningModule):
         self.log(f"{stage}/loss", self.loss_fn(self(x), y), prog_bar=True, batch_size=len(x), sync_dist=True)
 
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
-        optimizer = getattr(torch.optim, hp.optimizer)(self.parameters(), lr=self.lr, weight_decay=hp.weight_decay)
-        if hp.lr_scheduler is None:
+        optimizer = self.optimizer_class(self.parameters(), lr=self.lr, weight_decay=self.hparams.weight_decay)
+        if self.scheduler_class is None:
             return optimizer
-        scheduler = getattr(torch.optim.lr_scheduler, hp.lr_scheduler)(optimizer, **(hp.lr_scheduler_args or {}))
+        scheduler = self.scheduler_class(optimizer, **(self.hparams.lr_scheduler_args or {}))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
