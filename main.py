@@ -169,7 +169,7 @@ class TemplateCLI(LightningCLI):
         for key, name in NAME_KEYS.items():
             args = section[key].get(f"{name}_args")
             section[key][f"{name}_args"] = args.as_dict() if args is not None else {}
-        self.config_init = self.parser.instantiate_classes(config)
+        self.config_init = self.parser.instantiate(config)
         self.datamodule = self._get(self.config_init, "data")
         self.model = self._get(self.config_init, "model")
         self._add_configure_optimizers_method_to_model(self.subcommand)
