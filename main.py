@@ -25,14 +25,17 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from torch import nn
 from torch.utils.data import Dataset
 
+from callbacks import ClassificationFigures
 from data.data_interface import DInterface
-from model.model_interface import MInterface
-from utils import ROOT, ConfigError, find_class
+from model.model_interface import DATA_DIMS, MInterface
+from utils import ROOT, ConfigError, available, find_class
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 # `--model NAME` / `--data NAME` set these keys.
 SHORTHANDS = {"--model": "--model.net", "--data": "--data.dataset"}
 NAME_KEYS = {"model": "net", "data": "dataset"}
+# Short forms of common options.
+ALIASES = {"--data.root": "--data.dataset_args.root"}
 RUNS_DIR = "runs"
 # Models with at most this many parameter values get them printed and written to results.json.
 SMALL_MODEL = 16
@@ -43,9 +46,11 @@ def _is_config_file(value: str) -> bool:
 
 
 def normalize_argv(argv: list[str]) -> list[str]:
-    """Insert the default `fit` subcommand and expand the `--model NAME` / `--data NAME` shorthands.
+    """Insert the default `fit` subcommand and expand the `--model NAME` / `--data NAME` shorthands and aliases.
 
-    Idempotent, because DDP re-launches this script with the rewritten `sys.argv`.
+    `--model NAME` means `configs/NAME.yaml` when that exists, plus `model/NAME.py` when that exists (so an
+    experiment config like `configs/resnet.yaml` is selected by its name). Idempotent, because DDP re-launches
+    this script with the rewritten `sys.argv`.
     """
     if not argv or argv[0] not in (*SUBCOMMANDS, "-h", "--help"):
         argv = ["fit", *argv]
@@ -61,9 +66,10 @@ def normalize_argv(argv: list[str]) -> list[str]:
             config = ROOT / "configs" / f"{value}.yaml"
             if config.is_file():
                 configs += ["--config", str(config)]
-            rest += [SHORTHANDS[key], value]
+            if not config.is_file() or value in available(key[2:]):
+                rest += [SHORTHANDS[key], value]
         else:
-            rest.append(token)
+            rest.append(ALIASES.get(key, key) + eq + value)
     return head + configs + rest
 
 
@@ -132,6 +138,9 @@ class TemplateCLI(LightningCLI):
             parser.add_class_arguments(
                 cls, f"{key}.{args}", skip={"train"}, instantiate=False, fail_untyped=False, sub_configs=True
             )
+        # Unset, a network's size parameters are filled in from the data (see MInterface).
+        net_parameters = inspect.signature(self.net_class).parameters
+        parser.set_defaults({f"model.net_args.{name}": None for name in DATA_DIMS if name in net_parameters})
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -145,6 +154,7 @@ class TemplateCLI(LightningCLI):
         optional = {
             "early_stopping": (EarlyStopping, {"monitor": "val/loss", "patience": 10}),
             "lr_monitor": (LearningRateMonitor, {"logging_interval": "epoch"}),
+            "classification_figures": (ClassificationFigures, {}),
         }
         for key, (cls, defaults) in optional.items():
             parser.add_lightning_class_args(cls, key, subclass_mode=True, required=False)
@@ -184,7 +194,8 @@ class TemplateCLI(LightningCLI):
     def after_fit(self) -> None:
         best = self.trainer.checkpoint_callback.best_model_path or None
         run = {"model": self.model, "datamodule": self.datamodule, "ckpt_path": best}
-        results: dict[str, Any] = {"best_checkpoint": best}
+        # Training metrics and the best validation accuracy exist only now, before validate/test replace them.
+        results: dict[str, Any] = {"best_checkpoint": best, "fit": self._metrics("")}
         results["validation"] = self.trainer.validate(**run, verbose=False)[0]
         if self.config.fit.test_after_fit:
             results["test"] = self.trainer.test(**run)[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import lightning.pytorch as pl
@@ -9,6 +10,13 @@ import torch
 from torch import nn
 
 from utils import ConfigError, find_class
+
+# Constructor parameters of a network that the data fills in when they are not set (see `data_dims`).
+DATA_DIMS = ("input_size", "output_size", "num_classes", "in_channels", "image_size")
+# A network argument naming pretrained weights to start from; checkpoints drop it, as they hold the trained weights.
+PRETRAINED_ARG = "weights_path"
+CLASSIFICATION_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss)
+STAGES = ("train", "val", "test")
 
 
 def _torch_attr(namespace: Any, kind: str, name: str, examples: str) -> Any:
@@ -22,18 +30,28 @@ def _torch_attr(namespace: Any, kind: str, name: str, examples: str) -> Any:
 class MInterface(pl.LightningModule):
     """Trains the `nn.Module` defined in `model/<net>.py`; that file stays plain PyTorch.
 
+    The network's size parameters named in `DATA_DIMS` (num_classes, in_channels, input_size...) come from the
+    data when left unset; a value set by hand must agree with the data. A classification loss
+    (CrossEntropyLoss, NLLLoss) makes this a classifier: accuracy (and top-5 accuracy above 5 classes) is
+    logged per split with torchmetrics, synced across devices, with the best validation accuracy so far.
+
     Every argument is a plain value, so checkpoints load with weights-only unpickling and
     `MInterface.load_from_checkpoint(path)` needs nothing else.
 
     Args:
         net: Model file in `model/`, without `.py`.
         net_args: Constructor arguments of that model (on the command line: `--model.net_args.NAME VALUE`).
-        loss: Loss class in `torch.nn`, e.g. L1Loss, MSELoss, HuberLoss.
+        loss: Loss class in `torch.nn`: L1Loss, MSELoss, HuberLoss for regression; CrossEntropyLoss to classify.
+        loss_args: Its arguments, e.g. {label_smoothing: 0.1} for CrossEntropyLoss or {delta: 0.5} for HuberLoss.
         optimizer: Optimizer class in `torch.optim`, e.g. SGD, Adam, AdamW.
         lr: Learning rate.
         weight_decay: Weight decay of the optimizer.
         lr_scheduler: Scheduler class in `torch.optim.lr_scheduler` stepped once per epoch, or null for none.
         lr_scheduler_args: Its arguments, e.g. {step_size: 100, gamma: 0.5} for StepLR.
+        init: Weight initialisation of conv and linear layers: xavier_uniform, xavier_normal, kaiming_uniform,
+            kaiming_normal, normal, orthogonal; null keeps PyTorch's own.
+        init_bias: Constant for the biases of those layers when `init` is set.
+        init_nonlinearity: Nonlinearity for the kaiming/xavier gain; null detects the net's first activation.
     """
 
     def __init__(
@@ -41,18 +59,25 @@ class MInterface(pl.LightningModule):
         net: str = "linear",
         net_args: dict[str, Any] | None = None,
         loss: str = "L1Loss",
+        loss_args: dict[str, Any] | None = None,
         optimizer: str = "SGD",
         lr: float = 0.01,
         weight_decay: float = 0.0,
         lr_scheduler: str | None = None,
         lr_scheduler_args: dict[str, Any] | None = None,
+        init: str | None = None,
+        init_bias: float = 0.0,
+        init_nonlinearity: str | None = None,
     ) -> None:
         super().__init__()
         if lr <= 0:
             raise ConfigError(f"model.lr must be > 0, got {lr}")
         self.save_hyperparameters()
-        self.net = find_class("model", net, nn.Module)(**(net_args or {}))
-        self.loss_fn = _torch_attr(nn, "loss", loss, "L1Loss, MSELoss, HuberLoss")()
+        self.net_class = find_class("model", net, nn.Module)
+        self.loss_fn = _torch_attr(nn, "loss", loss, "L1Loss, MSELoss, HuberLoss, CrossEntropyLoss")(
+            **(loss_args or {})
+        )
+        self.classification = isinstance(self.loss_fn, CLASSIFICATION_LOSSES)
         self.lr = lr  # an attribute, so that Lightning's learning-rate finder can set it
         self.optimizer_class = _torch_attr(torch.optim, "optimizer", optimizer, "SGD, Adam, AdamW")
         self.scheduler_class = (
@@ -60,29 +85,142 @@ class MInterface(pl.LightningModule):
             if lr_scheduler is None
             else _torch_attr(torch.optim.lr_scheduler, "lr_scheduler", lr_scheduler, "StepLR, CosineAnnealingLR")
         )
+        self.net: nn.Module | None = None
+        self.metrics: nn.ModuleDict | None = None
+        if not self._unset_dims(net_args or {}):
+            self._build_net(net_args or {})
+
+    def _unset_dims(self, net_args: dict[str, Any]) -> list[str]:
+        """The data-given parameters of the network that `net_args` leaves unset."""
+        parameters = inspect.signature(self.net_class).parameters
+        return [name for name in DATA_DIMS if name in parameters and net_args.get(name) is None]
+
+    def _build_net(self, net_args: dict[str, Any]) -> None:
+        if self.hparams.init is not None and net_args.get(PRETRAINED_ARG):
+            raise ConfigError(f"model.init would overwrite the pretrained net_args.{PRETRAINED_ARG}: drop one of them")
+        self.net = self.net_class(**net_args)
+        if self.hparams.init is not None:
+            from model._weight_init import init_weights
+
+            init_weights(self.net, self.hparams.init, self.hparams.init_bias, self.hparams.init_nonlinearity)
+
+    def setup(self, stage: str) -> None:
+        """Fit the network to the data module's data (see `data_dims`) and create the metrics."""
+        dims = getattr(self.trainer.datamodule, "dims", None) or {}
+        net_args = dict(self.hparams.get("net_args") or {})
+        for name in DATA_DIMS:
+            given = net_args.get(name)
+            if name in dims and given is not None and given != dims[name]:
+                raise ConfigError(
+                    f"model.net_args.{name} is {given} but the data ({self.trainer.datamodule.hparams.dataset}) "
+                    f"has {dims[name]}: remove the setting, it is taken from the data"
+                )
+        if self.net is None:
+            unset = self._unset_dims(net_args)
+            missing = [name for name in unset if name not in dims]
+            if missing:
+                raise ConfigError(
+                    f"model {self.hparams.net!r} needs {', '.join(missing)}, which the data does not give: "
+                    f"set --model.net_args.{missing[0]}"
+                )
+            net_args.update({name: dims[name] for name in unset})
+            # The checkpoint keeps the filled-in values, so that it loads without the data.
+            self.save_hyperparameters({**self.hparams, "net_args": net_args})
+            self._build_net(net_args)
+        if not dims:
+            return
+        self._check_fits_the_data(dims)
+        if self.classification and self.metrics is None:
+            self.metrics = _classification_metrics(dims["num_classes"])
+
+    def _check_fits_the_data(self, dims: dict[str, Any]) -> None:
+        """Run one example through the network, so that a mismatch is a clear error and not a crash mid-epoch."""
+        if self.classification and "num_classes" not in dims:
+            raise ConfigError(
+                f"loss {self.hparams.loss} classifies, but the data ({self.trainer.datamodule.hparams.dataset}) "
+                "has no classes: use a regression loss such as L1Loss or MSELoss"
+            )
+        if not self.classification and "num_classes" in dims:
+            raise ConfigError(
+                f"the data ({self.trainer.datamodule.hparams.dataset}) has {dims['num_classes']} classes but "
+                f"loss {self.hparams.loss} is a regression loss: use CrossEntropyLoss"
+            )
+        x, _ = self.trainer.datamodule.val_set[0]
+        training = self.net.training
+        self.net.eval()
+        try:
+            with torch.no_grad():
+                out = self.net(torch.as_tensor(x).unsqueeze(0).to(self.device))
+        except RuntimeError as error:
+            raise ConfigError(
+                f"model {self.hparams.net!r} cannot take the data's inputs of shape {list(x.shape)}: {error}"
+            ) from error
+        finally:
+            self.net.train(training)
+        if out.shape[1:].numel() != dims["output_size"]:
+            raise ConfigError(
+                f"model {self.hparams.net!r} gives {out.shape[1:].numel()} outputs per item but the data needs "
+                f"{dims['output_size']}: check its size arguments (--model.net_args.*)"
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        loss = self.loss_fn(self(x), y)
+        out = self(x)
+        loss = self.loss_fn(out, y)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(x))
+        if self.metrics is not None:
+            self.metrics["train_metrics"].update(out.detach(), y)
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._evaluate(batch, "val")
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._evaluate(batch, "test")
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self(x)
 
-    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        """Log the loss and update the metrics; the outputs go to callbacks' `on_*_batch_end`."""
         x, y = batch
-        self.log(f"{stage}/loss", self.loss_fn(self(x), y), prog_bar=True, batch_size=len(x), sync_dist=True)
+        out = self(x)
+        self.log(f"{stage}/loss", self.loss_fn(out, y), prog_bar=True, batch_size=len(x), sync_dist=True)
+        if self.metrics is not None:
+            self.metrics[f"{stage}_metrics"].update(out, y)
+        return out
+
+    def on_train_epoch_end(self) -> None:
+        self._log_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def _log_metrics(self, stage: str) -> None:
+        """Log the epoch's metrics (computed over all devices) and start afresh; the sanity check never counts."""
+        if self.metrics is None:
+            return
+        metrics = self.metrics[f"{stage}_metrics"]
+        values = metrics.compute()
+        metrics.reset()
+        if self.trainer.sanity_checking:
+            return
+        self.log_dict(values, prog_bar=stage == "val")
+        if stage == "val" and self.trainer.state.fn == "fit":
+            self.metrics["val_acc_best"].update(values["val/acc"])
+            self.log("val/acc_best", self.metrics["val_acc_best"].compute())
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        net_args = checkpoint["hyper_parameters"].get("net_args") or {}
+        if net_args.get(PRETRAINED_ARG):
+            checkpoint["hyper_parameters"]["net_args"] = {**net_args, PRETRAINED_ARG: None}
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_class(self.parameters(), lr=self.lr, weight_decay=self.hparams.weight_decay)
@@ -90,3 +228,18 @@ class MInterface(pl.LightningModule):
             return optimizer
         scheduler = self.scheduler_class(optimizer, **(self.hparams.lr_scheduler_args or {}))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
+
+
+def _classification_metrics(num_classes: int) -> nn.ModuleDict:
+    """Accuracy (and top-5 accuracy above 5 classes) per split, and the best validation accuracy so far."""
+    from torchmetrics import MaxMetric, MetricCollection
+    from torchmetrics.classification import MulticlassAccuracy
+
+    def collection(stage: str) -> MetricCollection:
+        metrics = {"acc": MulticlassAccuracy(num_classes, average="micro")}
+        if num_classes > 5:
+            metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+        return MetricCollection(metrics, prefix=f"{stage}/")
+
+    # Keys are not the bare stage names: `train` would shadow nn.Module.train.
+    return nn.ModuleDict({**{f"{stage}_metrics": collection(stage) for stage in STAGES}, "val_acc_best": MaxMetric()})

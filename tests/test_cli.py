@@ -123,8 +123,8 @@ def test_help_and_print_config_show_the_chosen_classes_arguments(tmp_path: Path)
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("--model", "linaer"), "unknown model 'linaer': there is no model/linaer.py. Available: linear"),
-        (("--data", "lines"), "unknown data 'lines': there is no data/lines.py. Available: line"),
+        (("--model", "linaer"), "unknown model 'linaer': there is no model/linaer.py. Available: cnn, linear, mlp"),
+        (("--data", "lines"), "unknown data 'lines': there is no data/lines.py. Available: cifar10, fashion_mnist"),
         (("--model", "linear", "--model.lrr=0.1"), "unrecognized arguments: --model.lrr=0.1"),
         (("--model", "linear", "--data.dataset_args.wieght=0.5"), "unrecognized arguments: --data.dataset_args.wieght"),
         (("--model", "linear", "--data.dataset_args.weight=abc"), 'Parser key "data.dataset_args.weight"'),
@@ -171,7 +171,7 @@ def test_adding_a_model_is_adding_one_file(project_copy: Path, tmp_path: Path) -
     assert run.run_dir.parent.name == "quadratic"
     assert run.results["test"]["test/loss"] < 0.1
     listing = run_main("--model", "nope", cwd=tmp_path, root=project_copy)
-    assert "Available: linear, quadratic" in listing.stderr
+    assert "Available: cnn, linear, mlp, quadratic, torchvision_model" in listing.stderr
 
 
 def test_an_error_inside_a_model_file_surfaces_as_itself(project_copy: Path, tmp_path: Path) -> None:

@@ -68,7 +68,7 @@ def test_data_interface_rejects_bad_settings(kwargs: dict, message: str) -> None
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"net": "nope"}, "unknown model 'nope'.*Available: linear"),
+        ({"net": "nope"}, "unknown model 'nope'.*Available: cnn, linear, mlp, torchvision_model"),
         ({"loss": "L2Loss"}, "unknown loss 'L2Loss'"),
         ({"optimizer": "Adamm"}, "unknown optimizer 'Adamm'"),
         ({"lr_scheduler": "Cosine"}, "unknown lr_scheduler 'Cosine'"),
@@ -88,8 +88,10 @@ def test_model_interface_configures_the_named_optimizer_and_scheduler() -> None:
     assert isinstance(MInterface().configure_optimizers(), torch.optim.SGD)
 
 
-def test_available_lists_files_not_interfaces() -> None:
-    assert available("model") == ["linear"] and available("data") == ["line"]
+def test_available_lists_files_not_interfaces_or_helpers() -> None:
+    assert available("model") == ["cnn", "linear", "mlp", "torchvision_model"]
+    data = ["cifar10", "fashion_mnist", "image_folder", "json_images", "line", "mnist", "synthetic"]
+    assert available("data") == data
 
 
 def test_argv_gets_fit_and_expands_shorthands_idempotently() -> None:
@@ -108,6 +110,16 @@ def test_argv_gets_fit_and_expands_shorthands_idempotently() -> None:
     assert normalize_argv(once) == once
     assert normalize_argv(["test", "--model", "cfg.yaml"]) == ["test", "--model", "cfg.yaml"]
     assert normalize_argv(["--help"]) == ["--help"]
+
+
+def test_argv_selects_an_experiment_config_by_name_and_expands_aliases() -> None:
+    resnet = str(ROOT / "configs" / "resnet.yaml")
+    # configs/resnet.yaml names its model (torchvision_model); there is no model/resnet.py to select.
+    assert normalize_argv(["--model", "resnet", "--data.root", "d"]) == [
+        "fit", "--config", resnet, "--data.dataset_args.root", "d"
+    ]  # fmt: skip
+    expanded = ["fit", "--data.dataset", "mnist", "--data.dataset_args.root=d"]
+    assert normalize_argv(["--data", "mnist", "--data.root=d"]) == expanded
 
 
 def test_selected_names_follow_configs_then_later_arguments(tmp_path) -> None:

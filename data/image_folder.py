@@ -1,0 +1,96 @@
+"""Images sorted into one folder per class, as torchvision's ImageFolder reads them.
+
+Written with pathlib and torchvision.io, not torchvision.datasets.ImageFolder, which skips unknown files silently.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from data._images import load_image
+from utils import ConfigError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".webp")  # what torchvision.io.decode_image reads
+
+
+class ImageFolder(Dataset):
+    """Images in `ROOT/train/<class>/` and `ROOT/test/<class>/`, searched recursively.
+
+    The classes are the sorted subfolder names of `ROOT/train`, in both splits, so labels agree; the test
+    split may lack classes but not add any. Files and folders whose names start with "." are ignored; any
+    other file that is not a PNG, JPEG, GIF or WebP image is an error, so that nothing is left out silently.
+
+    Args:
+        root: Folder holding train/ and test/.
+        train: The training split if True, else the test split.
+        grayscale: Load images as 1 grey channel instead of 3 RGB ones.
+    """
+
+    def __init__(self, root: str, train: bool = True, grayscale: bool = False) -> None:
+        base = Path(root)
+        if not base.is_dir():
+            raise ConfigError(
+                f"image_folder: root folder {base.resolve()} not found; set --data.dataset_args.root "
+                f"to the folder holding train/ and test/"
+            )
+        self.grayscale = grayscale
+        self.classes: list[str] = _class_folders(base / "train")
+        split = base / ("train" if train else "test")
+        folders = _class_folders(split)
+        extra = [name for name in folders if name not in self.classes]
+        if extra:
+            raise ConfigError(
+                f"image_folder: {split / extra[0]} is a class that {base / 'train'} lacks; "
+                f"the test classes must be among the training ones ({', '.join(self.classes)})"
+            )
+        self.files: list[Path] = []
+        self.labels: list[int] = []
+        for name in folders:
+            files = _image_files(split / name)
+            if not files:
+                raise ConfigError(f"image_folder: class folder {split / name} has no images; add some or remove it")
+            self.files += files
+            self.labels += [self.classes.index(name)] * len(files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return load_image(self.files[index], self.grayscale), self.labels[index]
+
+
+def _visible(folder: Path) -> list[Path]:
+    """The entries of `folder` whose names do not start with ".", sorted."""
+    return sorted(path for path in folder.iterdir() if not path.name.startswith("."))
+
+
+def _class_folders(split: Path) -> list[str]:
+    """The sorted class folder names in `split`, which must hold folders only."""
+    if not split.is_dir():
+        raise ConfigError(f"image_folder: folder {split} not found; make it, with one subfolder of images per class")
+    entries = _visible(split)
+    stray = [path for path in entries if not path.is_dir()]
+    if stray:
+        raise ConfigError(f"image_folder: {stray[0]} is a file; {split} must hold one subfolder of images per class")
+    if not entries:
+        raise ConfigError(f"image_folder: {split} has no class folders; add one subfolder of images per class")
+    return [path.name for path in entries]
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """The image files under `folder` and its subfolders, sorted; any other visible file is an error."""
+    files = []
+    for path in _visible(folder):
+        if path.is_dir():
+            files += _image_files(path)
+        elif path.suffix.lower() in IMAGE_EXTENSIONS:
+            files.append(path)
+        else:
+            raise ConfigError(
+                f"image_folder: {path} is not an image file this dataset reads ({', '.join(IMAGE_EXTENSIONS)}); "
+                f"convert it or move it out of {folder}"
+            )
+    return files
