@@ -23,6 +23,7 @@ class ClassificationFigures(Callback):
 
     def __init__(self, max_images: int = 32) -> None:
         self.max_images = max_images
+        self.confusion: Any = None  # a torchmetrics confusion matrix while a classifier is tested
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.confusion = None

@@ -44,6 +44,7 @@ class MInterface(pl.LightningModule):
         loss: Loss class in `torch.nn`: L1Loss, MSELoss, HuberLoss for regression; CrossEntropyLoss to classify.
         loss_args: Its arguments, e.g. {label_smoothing: 0.1} for CrossEntropyLoss or {delta: 0.5} for HuberLoss.
         optimizer: Optimizer class in `torch.optim`, e.g. SGD, Adam, AdamW.
+        optimizer_args: Its other arguments, e.g. {momentum: 0.9, nesterov: true} for SGD.
         lr: Learning rate.
         weight_decay: Weight decay of the optimizer.
         lr_scheduler: Scheduler class in `torch.optim.lr_scheduler` stepped once per epoch, or null for none.
@@ -61,6 +62,7 @@ class MInterface(pl.LightningModule):
         loss: str = "L1Loss",
         loss_args: dict[str, Any] | None = None,
         optimizer: str = "SGD",
+        optimizer_args: dict[str, Any] | None = None,
         lr: float = 0.01,
         weight_decay: float = 0.0,
         lr_scheduler: str | None = None,
@@ -223,7 +225,9 @@ class MInterface(pl.LightningModule):
             checkpoint["hyper_parameters"]["net_args"] = {**net_args, PRETRAINED_ARG: None}
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_class(self.parameters(), lr=self.lr, weight_decay=self.hparams.weight_decay)
+        optimizer = self.optimizer_class(
+            self.parameters(), lr=self.lr, weight_decay=self.hparams.weight_decay, **(self.hparams.optimizer_args or {})
+        )
         if self.scheduler_class is None:
             return optimizer
         scheduler = self.scheduler_class(optimizer, **(self.hparams.lr_scheduler_args or {}))

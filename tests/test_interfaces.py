@@ -86,6 +86,8 @@ def test_model_interface_configures_the_named_optimizer_and_scheduler() -> None:
     assert isinstance(config["optimizer"], torch.optim.Adam) and config["optimizer"].defaults["lr"] == 0.2
     assert config["lr_scheduler"]["scheduler"].step_size == 3
     assert isinstance(MInterface().configure_optimizers(), torch.optim.SGD)
+    sgd = MInterface(optimizer_args={"momentum": 0.9, "nesterov": True}).configure_optimizers()
+    assert sgd.defaults["momentum"] == 0.9 and sgd.defaults["nesterov"]
 
 
 def test_available_lists_files_not_interfaces_or_helpers() -> None:
