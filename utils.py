@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import pkgutil
@@ -12,6 +13,13 @@ ROOT = Path(__file__).resolve().parent
 
 class ConfigError(ValueError):
     """A mistake the user can fix in the config or on the command line; main.py prints it without a traceback."""
+
+
+def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
+    """"did you mean X or Y? " for the choices closest to a misspelt `name` (ignoring case), or ""."""
+    by_lower = {choice.lower(): choice for choice in choices}
+    close = [by_lower[match] for match in difflib.get_close_matches(name.lower(), by_lower, n=3)]
+    return f"did you mean {' or '.join(close)}? " if close else ""
 
 
 def available(package: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""Decoding one image file for the image-folder datasets, with an error that names the file."""
+"""Helpers of the image datasets: checking the data root, and decoding one image file with an error naming it."""
 
 from __future__ import annotations
 
@@ -9,6 +9,17 @@ import torch
 from torchvision.io import ImageReadMode, decode_image
 
 from utils import ConfigError
+
+
+def data_root(root: str, dataset: str, holds: str) -> Path:
+    """`root` as a Path, or a ConfigError saying which folder is missing and what it should hold."""
+    path = Path(root)
+    if not path.is_dir():
+        raise ConfigError(
+            f"{dataset}: data root {path.resolve()} does not exist: set --data.root to the folder holding {holds}"
+        )
+    return path
+
 
 _CPP_LOCATION = re.compile(r"^.*?\.cpp:\d+, ")  # the "decode_png, /path/decode_png.cpp:79, " prefix of decode errors
 

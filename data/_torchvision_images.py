@@ -8,6 +8,7 @@ from typing import ClassVar
 import torch
 from torch.utils.data import Dataset
 
+from data._images import data_root
 from utils import ConfigError
 
 
@@ -29,8 +30,8 @@ class TorchvisionImages(Dataset):
     def __init__(self, root: str = "datasets", train: bool = True, download: bool = False) -> None:
         import torchvision.datasets
 
-        if not download and not Path(root).is_dir():
-            raise ConfigError(f"data root {root!r} does not exist: set --data.root to the folder holding {self.source}")
+        if not download:
+            data_root(root, self.source, f"{self.source}/ in torchvision's layout")
         try:
             dataset = getattr(torchvision.datasets, self.source)(root, train=train, download=download)
         except RuntimeError as error:  # torchvision's "Dataset not found or corrupted"

@@ -22,8 +22,9 @@ class DInterface(pl.LightningDataModule):
     stay the same whatever the training seed.
 
     Image data (items whose input is a C x H x W tensor) gets the transforms below; augmentation touches the
-    training split only. After `setup`, `dims` describes the data for the model (see `data_dims`) and
-    `classes` holds the class names of a classification dataset (its `classes` attribute).
+    training split only. After `setup`, `example` is one item as the model sees it in evaluation, `dims`
+    describes the data for the model (see `data_dims`) and `classes` holds the class names of a
+    classification dataset (its `classes` attribute).
 
     Args:
         dataset: Dataset file in `data/`, without `.py`.
@@ -84,6 +85,7 @@ class DInterface(pl.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
+        self.example: tuple[Any, Any] | None = None
         self.dims: dict[str, Any] = {}
         self.classes: list[str] | None = None
 
@@ -111,18 +113,20 @@ class DInterface(pl.LightningDataModule):
                 )
         self.dataset = pool
         self.classes = getattr(pool, "classes", None)
-        x, _ = pool[0]
+        x, y = pool[0]
         if isinstance(x, torch.Tensor) and x.dim() == 3:
             train_transform, eval_transform = self._image_transforms(x)
             self.train_set = TransformedDataset(self.train_set, train_transform)
             self.val_set = TransformedDataset(self.val_set, eval_transform)
             self.test_set = TransformedDataset(self.test_set, eval_transform)
+            x = eval_transform(x)
         elif self.hparams.resize or self.hparams.random_crop_padding is not None or self.hparams.horizontal_flip:
             raise ConfigError(
                 f"data.resize, random_crop_padding and horizontal_flip are for images (C x H x W tensors); "
                 f"{self.hparams.dataset!r} gives inputs of shape {list(getattr(x, 'shape', []))}"
             )
-        self.dims = data_dims(self.val_set[0], self.classes)
+        self.example = (x, y)  # one item as the model sees it in evaluation
+        self.dims = data_dims(self.example, self.classes)
 
     def _image_transforms(self, image: torch.Tensor) -> tuple[Callable, Callable]:
         """The training transform (evaluation's, with augmentation after resizing) and the evaluation one."""

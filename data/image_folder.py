@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from data._images import load_image
+from data._images import data_root, load_image
 from utils import ConfigError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".webp")  # what torchvision.io.decode_image reads
@@ -30,12 +30,7 @@ class ImageFolder(Dataset):
     """
 
     def __init__(self, root: str, train: bool = True, grayscale: bool = False) -> None:
-        base = Path(root)
-        if not base.is_dir():
-            raise ConfigError(
-                f"image_folder: root folder {base.resolve()} not found; set --data.dataset_args.root "
-                f"to the folder holding train/ and test/"
-            )
+        base = data_root(root, "image_folder", "train/ and test/")
         self.grayscale = grayscale
         self.classes: list[str] = _class_folders(base / "train")
         split = base / ("train" if train else "test")

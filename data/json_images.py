@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from data._images import load_image
+from data._images import data_root, load_image
 from utils import ConfigError
 
 
@@ -27,12 +27,7 @@ class JsonImages(Dataset):
     """
 
     def __init__(self, root: str, train: bool = True, name: str = "cifar10", grayscale: bool = False) -> None:
-        base = Path(root)
-        if not base.is_dir():
-            raise ConfigError(
-                f"json_images: root folder {base.resolve()} not found; set --data.dataset_args.root "
-                f"to the folder holding annotations/, train_{name}/ and test_{name}/"
-            )
+        base = data_root(root, "json_images", f"annotations/, train_{name}/ and test_{name}/")
         self.grayscale = grayscale
         train_file = base / "annotations" / f"{name}_train.json"
         train_images, train_labels, classes = _read_annotations(train_file)

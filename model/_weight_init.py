@@ -1,11 +1,9 @@
 """Seed 002's `initialize_weights`, generalised: one initialisation scheme for every conv and linear layer."""
 
-import difflib
-
 import torch
 from torch import nn
 
-from utils import ConfigError
+from utils import ConfigError, did_you_mean
 
 SCHEMES = ("xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "normal", "orthogonal")
 
@@ -45,11 +43,6 @@ def detect_nonlinearity(net: nn.Module) -> tuple[str, float | None]:
     return "relu", None
 
 
-def _closest(name: str, choices: tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(name, choices, n=1)
-    return f"did you mean {close[0]!r}? " if close else ""
-
-
 def init_weights(net: nn.Module, scheme: str, bias: float = 0.0, nonlinearity: str | None = None) -> None:
     """Initialise `net` in place: conv and linear weights by `scheme`, their biases to `bias`, norms to identity.
 
@@ -62,7 +55,7 @@ def init_weights(net: nn.Module, scheme: str, bias: float = 0.0, nonlinearity: s
     """
     if scheme not in SCHEMES:
         raise ConfigError(
-            f"unknown init scheme {scheme!r}: {_closest(scheme, SCHEMES)}Choose from {', '.join(SCHEMES)}"
+            f"unknown init scheme {scheme!r}: {did_you_mean(scheme, SCHEMES)}Choose from {', '.join(SCHEMES)}"
         )
     if nonlinearity is None:
         nonlinearity, param = detect_nonlinearity(net)
@@ -70,7 +63,7 @@ def init_weights(net: nn.Module, scheme: str, bias: float = 0.0, nonlinearity: s
         param = _LEAKY_RELU_SLOPE if nonlinearity == "leaky_relu" else None
     else:
         raise ConfigError(
-            f"unknown init nonlinearity {nonlinearity!r}: {_closest(nonlinearity, _NONLINEARITIES)}"
+            f"unknown init nonlinearity {nonlinearity!r}: {did_you_mean(nonlinearity, _NONLINEARITIES)}"
             f"Choose from {', '.join(_NONLINEARITIES)}, or leave it unset to detect the net's activation"
         )
     gain = nn.init.calculate_gain(nonlinearity, param)

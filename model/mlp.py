@@ -1,11 +1,9 @@
 """Seeds 000 and 004's multilayer perceptron (20→256→10, 1000→100→10), with configurable widths."""
 
-import difflib
-
 import torch
 from torch import nn
 
-from utils import ConfigError
+from utils import ConfigError, did_you_mean
 
 # The element-wise activations in torch.nn: Threshold needs arguments, while GLU, the softmaxes and attention
 # change the shape or mix features.
@@ -17,10 +15,10 @@ def activation_class(name: str) -> type[nn.Module]:
     """The activation class `torch.nn.<name>`, or a ConfigError suggesting the closest valid name."""
     if name in ACTIVATIONS:
         return getattr(nn, name)
-    by_lower = {choice.lower(): choice for choice in ACTIVATIONS}
-    close = [by_lower[match] for match in difflib.get_close_matches(name.lower(), by_lower, n=3)]
-    hint = f"did you mean {' or '.join(close)}? " if close else ""
-    raise ConfigError(f"unknown activation {name!r}: {hint}Choose a class name from torch.nn: {', '.join(ACTIVATIONS)}")
+    raise ConfigError(
+        f"unknown activation {name!r}: {did_you_mean(name, ACTIVATIONS)}"
+        f"Choose a class name from torch.nn: {', '.join(ACTIVATIONS)}"
+    )
 
 
 class MLP(nn.Module):

@@ -147,7 +147,7 @@ class MInterface(pl.LightningModule):
                 f"the data ({self.trainer.datamodule.hparams.dataset}) has {dims['num_classes']} classes but "
                 f"loss {self.hparams.loss} is a regression loss: use CrossEntropyLoss"
             )
-        x, _ = self.trainer.datamodule.val_set[0]
+        x, _ = self.trainer.datamodule.example
         training = self.net.training
         self.net.eval()
         try:

@@ -4,7 +4,6 @@ Seed 000's "modify a pretrained model": load the published ImageNet weights from
 1000-class head with one for this task's classes, and optionally freeze the rest as a fixed feature extractor.
 """
 
-import difflib
 import math
 import re
 import textwrap
@@ -14,7 +13,7 @@ import torch
 import torchvision
 from torch import nn
 
-from utils import ConfigError
+from utils import ConfigError, did_you_mean
 
 # Archs whose output in train mode adds auxiliary classifiers' logits. They are built without those heads, as
 # torchvision does; its published weights include them, so with weights_path they are built, loaded, then dropped.
@@ -51,10 +50,8 @@ class TorchvisionModel(nn.Module):
     ) -> None:
         super().__init__()
         if arch not in architectures():
-            close = difflib.get_close_matches(arch, architectures(), n=3)
-            hint = f"did you mean {' or '.join(close)}? " if close else ""
             raise ConfigError(
-                f"unknown torchvision arch {arch!r}: {hint}"
+                f"unknown torchvision arch {arch!r}: {did_you_mean(arch, architectures())}"
                 "The choices are torchvision.models.list_models(module=torchvision.models)"
             )
         if min(num_classes, in_channels) < 1:

@@ -80,12 +80,12 @@ def test_cnn_learns_images_and_draws_its_figures(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["--model.net_args.num_classes", "5"], "error: model.net_args.num_classes is 5 but the data (mnist) has 10"),
-        (["--data.root", "nowhere"], "error: data root 'nowhere' does not exist"),
+        (["--data.root", "nowhere"], "error: MNIST: data root {tmp}/nowhere does not exist: set --data.root"),
         (["--data.random_crop_padding", "-1"], "error: data.random_crop_padding must be >= 0"),
     ],
 )
 def test_classification_user_errors(tmp_path: Path, args: list[str], message: str) -> None:
     write_mnist(tmp_path / "data")
     run = run_main("--model", "cnn", "--data.root", str(tmp_path / "data"), *args, cwd=tmp_path)
-    assert run.returncode == 2 and message in run.stderr, run.stderr[-3000:]
+    assert run.returncode == 2 and message.format(tmp=tmp_path) in run.stderr, run.stderr[-3000:]
     assert "Traceback" not in run.stderr

@@ -104,7 +104,7 @@ def test_json_images_sixteen_bit_png_is_scaled_to_one(tmp_path: Path) -> None:
 
 
 def test_json_images_root_missing(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"root folder .*nowhere.*--data\.dataset_args\.root"):
+    with pytest.raises(ConfigError, match=r"data root .*nowhere does not exist: set --data\.root"):
         JsonImages(str(tmp_path / "nowhere"))
 
 
@@ -277,7 +277,7 @@ def test_image_folder_other_formats_nested_folders_and_hidden_files(tmp_path: Pa
 
 
 def test_image_folder_root_missing(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"root folder .*nowhere.*--data\.dataset_args\.root"):
+    with pytest.raises(ConfigError, match=r"data root .*nowhere does not exist: set --data\.root"):
         ImageFolder(str(tmp_path / "nowhere"))
 
 

@@ -233,7 +233,7 @@ def test_init_weights_given_nonlinearity_wins() -> None:
 
 
 def test_init_weights_errors() -> None:
-    with pytest.raises(ConfigError, match=r"did you mean 'kaiming_normal'.*orthogonal"):
+    with pytest.raises(ConfigError, match=r"did you mean kaiming_normal.*orthogonal"):
         init_weights(_net(nn.ReLU()), "kaiming_norml")
-    with pytest.raises(ConfigError, match="did you mean 'leaky_relu'"):
+    with pytest.raises(ConfigError, match="did you mean leaky_relu"):
         init_weights(_net(nn.ReLU()), "xavier_normal", nonlinearity="leaky_rel")
