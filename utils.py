@@ -1,4 +1,4 @@
-"""Shared helpers: finding the class a model or dataset file defines, and user-facing errors."""
+"""Shared helpers: finding the class a model or dataset file defines, user-facing errors, the run directory."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import importlib
 import inspect
 import pkgutil
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent
 
@@ -60,3 +61,17 @@ def find_class(package: str, name: str, base: type) -> type:
             f"name the main one first in the file's __all__"
         )
     return candidates[0]
+
+
+def run_dir(trainer: Any) -> Path | None:
+    """The run directory that global rank 0 writes files into (created), or None on other ranks and when there is
+    none (fast_dev_run). As Lightning's `trainer.log_dir`, which must be called on every rank (it broadcasts):
+    this one can be called on rank 0 alone."""
+    if not trainer.is_global_zero:
+        return None
+    logger = trainer.logger
+    path = trainer.default_root_dir if logger is None else getattr(logger, "log_dir", None) or logger.save_dir
+    if not path:
+        return None
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return Path(path)

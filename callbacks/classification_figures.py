@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
+
+from utils import run_dir
 
 
 class ClassificationFigures(Callback):
@@ -53,7 +54,7 @@ class ClassificationFigures(Callback):
         if self.confusion is None:
             return
         matrix = self.confusion.compute().cpu()  # every rank takes part in the sync
-        if not trainer.is_global_zero or not trainer.log_dir:  # no run directory under fast_dev_run
+        if (run := run_dir(trainer)) is None:
             return
         import matplotlib
 
@@ -67,7 +68,7 @@ class ClassificationFigures(Callback):
                 plt, torch.cat(self.images), torch.cat(self.labels), torch.cat(self.predictions), classes
             )
         for name, fig in figures.items():
-            fig.savefig(Path(trainer.log_dir) / f"{name}.png", dpi=100, bbox_inches="tight")
+            fig.savefig(run / f"{name}.png", dpi=100, bbox_inches="tight")
             if isinstance(trainer.logger, TensorBoardLogger):
                 trainer.logger.experiment.add_figure(name, fig, global_step=trainer.global_step)
             plt.close(fig)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import Dataset
+
+from utils import run_dir
 
 
 def _stack(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,7 +30,7 @@ class PlotPredictions(Callback):
         self.filename = filename
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero or not trainer.log_dir:  # no run directory under fast_dev_run
+        if (run := run_dir(trainer)) is None:
             return
         import matplotlib
 
@@ -50,9 +50,7 @@ class PlotPredictions(Callback):
         ax.scatter(test_x, test_y, c="g", s=4, label="Testing data")
         ax.scatter(test_x, predictions, c="r", s=4, label="Predictions")
         ax.legend(prop={"size": 12})
-        path = Path(trainer.log_dir) / self.filename
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
+        fig.savefig(run / self.filename, dpi=100)
         if isinstance(trainer.logger, TensorBoardLogger):
             trainer.logger.experiment.add_figure("predictions", fig, global_step=trainer.global_step)
         plt.close(fig)

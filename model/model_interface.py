@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any
+import math
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from model._lr_schedule import LinearWarmup, lr_lambda
 from utils import ConfigError, find_class
 
 # Constructor parameters of a network that the data fills in when they are not set (see `data_dims`).
@@ -47,12 +49,22 @@ class MInterface(pl.LightningModule):
         optimizer_args: Its other arguments, e.g. {momentum: 0.9, nesterov: true} for SGD.
         lr: Learning rate.
         weight_decay: Weight decay of the optimizer.
-        lr_scheduler: Scheduler class in `torch.optim.lr_scheduler` stepped once per epoch, or null for none.
-        lr_scheduler_args: Its arguments, e.g. {step_size: 100, gamma: 0.5} for StepLR.
+        lr_scheduler: Scheduler class in `torch.optim.lr_scheduler` (StepLR, MultiStepLR, ExponentialLR,
+            CosineAnnealingLR, ReduceLROnPlateau, LambdaLR...), or null for none.
+        lr_scheduler_args: Its arguments, e.g. {step_size: 100, gamma: 0.5} for StepLR. LambdaLR's and
+            MultiplicativeLR's `lr_lambda` is an expression of `epoch` such as "1 / (epoch + 1)".
+        lr_scheduler_interval: Step the scheduler once per `epoch` or once per optimizer `step`.
+        lr_scheduler_monitor: Metric that ReduceLROnPlateau watches.
+        warmup: Linear warm-up of the learning rate over this many optimizer steps (or, below 1, this fraction
+            of all training steps), multiplied into the schedule's learning rate; 0 for none.
+        warmup_start_factor: The warm-up's first factor: step 0 uses lr x warmup_start_factor.
         init: Weight initialisation of conv and linear layers: xavier_uniform, xavier_normal, kaiming_uniform,
             kaiming_normal, normal, orthogonal; null keeps PyTorch's own.
         init_bias: Constant for the biases of those layers when `init` is set.
         init_nonlinearity: Nonlinearity for the kaiming/xavier gain; null detects the net's first activation.
+        compile: Compile the network with `torch.compile` (it compiles on the first batch).
+        channels_last: Keep a conv net's weights and image batches in channels-last memory format, which
+            tensor cores and oneDNN run faster.
     """
 
     def __init__(
@@ -67,13 +79,25 @@ class MInterface(pl.LightningModule):
         weight_decay: float = 0.0,
         lr_scheduler: str | None = None,
         lr_scheduler_args: dict[str, Any] | None = None,
+        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
+        lr_scheduler_monitor: str = "val/loss",
+        warmup: float = 0,
+        warmup_start_factor: float = 0.0,
         init: str | None = None,
         init_bias: float = 0.0,
         init_nonlinearity: str | None = None,
+        compile: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if lr <= 0:
             raise ConfigError(f"model.lr must be > 0, got {lr}")
+        if warmup < 0 or (warmup >= 1 and warmup != int(warmup)):
+            raise ConfigError(f"model.warmup must be a number of steps or a fraction below 1, got {warmup}")
+        if not 0 <= warmup_start_factor <= 1:
+            raise ConfigError(f"model.warmup_start_factor must be in [0, 1], got {warmup_start_factor}")
+        if isinstance((lr_scheduler_args or {}).get("lr_lambda"), str):
+            lr_lambda(lr_scheduler_args["lr_lambda"])
         self.save_hyperparameters()
         self.net_class = find_class("model", net, nn.Module)
         self.loss_fn = _torch_attr(nn, "loss", loss, "L1Loss, MSELoss, HuberLoss, CrossEntropyLoss")(
@@ -89,6 +113,8 @@ class MInterface(pl.LightningModule):
         )
         self.net: nn.Module | None = None
         self.metrics: nn.ModuleDict | None = None
+        self.warmup: LinearWarmup | None = None
+        self.scheduler: Any = None
         if not self._unset_dims(net_args or {}):
             self._build_net(net_args or {})
 
@@ -105,6 +131,10 @@ class MInterface(pl.LightningModule):
             from model._weight_init import init_weights
 
             init_weights(self.net, self.hparams.init, self.hparams.init_bias, self.hparams.init_nonlinearity)
+        if self.hparams.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if self.hparams.compile:
+            self.net.compile()
 
     def setup(self, stage: str) -> None:
         """Fit the network to the data module's data (see `data_dims`) and create the metrics."""
@@ -131,7 +161,14 @@ class MInterface(pl.LightningModule):
             self._build_net(net_args)
         if not dims:
             return
+        if self.hparams.channels_last and "image_size" not in dims:
+            raise ConfigError(
+                f"model.channels_last is for conv nets on images, but the data "
+                f"({self.trainer.datamodule.hparams.dataset}) has no images: remove it"
+            )
         self._check_fits_the_data(dims)
+        # One input batch, for the model summary's sizes and TensorBoard's graph (`log_graph`).
+        self.example_input_array = torch.as_tensor(self.trainer.datamodule.example[0]).unsqueeze(0)
         if self.classification and self.metrics is None:
             self.metrics = _classification_metrics(dims["num_classes"])
 
@@ -152,7 +189,8 @@ class MInterface(pl.LightningModule):
         self.net.eval()
         try:
             with torch.no_grad():
-                out = self.net(torch.as_tensor(x).unsqueeze(0).to(self.device))
+                # `forward`, not a call, which would compile a compiled net for this one evaluation.
+                out = self.net.forward(self._batch_format(torch.as_tensor(x).unsqueeze(0).to(self.device)))
         except RuntimeError as error:
             raise ConfigError(
                 f"model {self.hparams.net!r} cannot take the data's inputs of shape {list(x.shape)}: {error}"
@@ -166,7 +204,12 @@ class MInterface(pl.LightningModule):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net(self._batch_format(x))
+
+    def _batch_format(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -196,6 +239,12 @@ class MInterface(pl.LightningModule):
             self.metrics[f"{stage}_metrics"].update(out, y)
         return out
 
+    def on_train_start(self) -> None:
+        # Only this run counts: not a finder's trial steps (lr_find, scale_batch_size) before it.
+        if self.metrics is not None:
+            for metric in self.metrics.values():
+                metric.reset()
+
     def on_train_epoch_end(self) -> None:
         self._log_metrics("train")
 
@@ -214,10 +263,11 @@ class MInterface(pl.LightningModule):
         metrics.reset()
         if self.trainer.sanity_checking:
             return
-        self.log_dict(values, prog_bar=stage == "val")
+        # The values are equal on every device already; sync_dist only tells Lightning so (it warns otherwise).
+        self.log_dict(values, prog_bar=stage == "val", sync_dist=True)
         if stage == "val" and self.trainer.state.fn == "fit":
             self.metrics["val_acc_best"].update(values["val/acc"])
-            self.log("val/acc_best", self.metrics["val_acc_best"].compute())
+            self.log("val/acc_best", self.metrics["val_acc_best"].compute(), sync_dist=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         net_args = checkpoint["hyper_parameters"].get("net_args") or {}
@@ -225,13 +275,65 @@ class MInterface(pl.LightningModule):
             checkpoint["hyper_parameters"]["net_args"] = {**net_args, PRETRAINED_ARG: None}
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_class(
-            self.parameters(), lr=self.lr, weight_decay=self.hparams.weight_decay, **(self.hparams.optimizer_args or {})
+        hp = self.hparams
+        optimizer = _construct(
+            self.optimizer_class,
+            self.parameters(),
+            lr=self.lr,
+            **({"weight_decay": hp.weight_decay} if hp.weight_decay else {}),
+            **(hp.optimizer_args or {}),
         )
-        if self.scheduler_class is None:
-            return optimizer
-        scheduler = self.scheduler_class(optimizer, **(self.hparams.lr_scheduler_args or {}))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
+        config: dict[str, Any] = {"optimizer": optimizer}
+        self.scheduler = None
+        if self.scheduler_class is not None:
+            args = dict(hp.lr_scheduler_args or {})
+            if isinstance(args.get("lr_lambda"), str):
+                args["lr_lambda"] = lr_lambda(args["lr_lambda"])
+            self.scheduler = _construct(self.scheduler_class, optimizer, **args)
+            config["lr_scheduler"] = {
+                "scheduler": self.scheduler,
+                "interval": hp.lr_scheduler_interval,
+                "monitor": hp.lr_scheduler_monitor,
+            }
+        # After the scheduler, which takes the learning rate it starts from from the optimizer.
+        self.warmup = LinearWarmup(optimizer, self._warmup_steps(), hp.warmup_start_factor) if hp.warmup else None
+        return config
+
+    def _warmup_steps(self) -> int:
+        warmup = self.hparams.warmup
+        if warmup >= 1:
+            return int(warmup)
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ConfigError(
+                f"model.warmup {warmup} is a fraction of training, which has no set length: set "
+                "trainer.max_epochs or trainer.max_steps, or give the warm-up in steps"
+            )
+        return max(1, round(warmup * total))
+
+    def _warmup_in_charge(self) -> bool:
+        """Whether the warm-up drives the learning rate: not when another scheduler (Lightning's LR finder) does."""
+        ours = [self.scheduler] if self.scheduler is not None else []
+        return self.warmup is not None and [c.scheduler for c in self.trainer.lr_scheduler_configs] == ours
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        if self._warmup_in_charge():
+            self.warmup.apply(self.trainer.global_step + 1)  # Lightning counts this step after the hook
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        if not self._warmup_in_charge():
+            return super().lr_scheduler_step(scheduler, metric)
+        with self.warmup.scheduling(self.trainer.global_step):
+            super().lr_scheduler_step(scheduler, metric)
+
+
+def _construct(cls: type, *args: Any, **kwargs: Any) -> Any:
+    """`cls(*args, **kwargs)` for an optimizer or scheduler, with a wrong argument as a ConfigError naming it."""
+    try:
+        return cls(*args, **kwargs)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{cls.__name__}: {error}") from error
 
 
 def _classification_metrics(num_classes: int) -> nn.ModuleDict:

@@ -63,10 +63,10 @@ def test_repeated_runs_get_their_own_directories(tmp_path: Path) -> None:
 
 
 def test_optimizer_from_the_command_line(tmp_path: Path) -> None:
-    run = run_main("--model", "linear", *SHORT, "--optimizer", "Adam", "--optimizer.lr", "0.05", cwd=tmp_path)
+    run = run_main("--model", "linear", *SHORT, "--optimizer", "Adam", "--model.lr", "0.05", cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     state = torch.load(run.run_dir / "checkpoints/last.ckpt", weights_only=True)["optimizer_states"][0]
-    assert state["param_groups"][0]["lr"] == 0.05
+    assert state["param_groups"][0]["initial_lr"] == 0.05  # where the config's cosine schedule started
     assert "exp_avg" in state["state"][0]  # Adam's moment estimates: not SGD
 
 

@@ -85,8 +85,8 @@ def test_model_interface_configures_the_named_optimizer_and_scheduler() -> None:
     config = model.configure_optimizers()
     assert isinstance(config["optimizer"], torch.optim.Adam) and config["optimizer"].defaults["lr"] == 0.2
     assert config["lr_scheduler"]["scheduler"].step_size == 3
-    assert isinstance(MInterface().configure_optimizers(), torch.optim.SGD)
-    sgd = MInterface(optimizer_args={"momentum": 0.9, "nesterov": True}).configure_optimizers()
+    assert isinstance(MInterface().configure_optimizers()["optimizer"], torch.optim.SGD)
+    sgd = MInterface(optimizer_args={"momentum": 0.9, "nesterov": True}).configure_optimizers()["optimizer"]
     assert sgd.defaults["momentum"] == 0.9 and sgd.defaults["nesterov"]
 
 
