@@ -13,6 +13,7 @@ dataset's constructor arguments become `--model.net_args.*` and `--data.dataset_
 
 from __future__ import annotations
 
+import csv
 import inspect
 import json
 import math
@@ -22,16 +23,25 @@ from typing import Any
 
 import torch
 import yaml
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from lightning.pytorch.tuner import Tuner
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.utils.data import Dataset
 
-from callbacks import ClassificationFigures, GPUMemoryFraction, TrainingSummary
-from data.data_interface import DInterface
+from callbacks import (
+    AtomicCheckpointIO,
+    ClassificationFigures,
+    FiniteLossGuard,
+    GPUMemoryFraction,
+    ResumableCheckpoint,
+    TrainingSummary,
+)
+from data.data_interface import DInterface, item_ids
 from model.model_interface import DATA_DIMS, MInterface
-from utils import ROOT, ConfigError, available, find_class, run_dir
+from utils import ROOT, ConfigError, available, find_class, load_checkpoint, run_dir
 
 # Lightning's learning-rate and batch-size finders, as subcommands that take the same options as `fit`.
 FINDERS = {
@@ -95,13 +105,14 @@ def selected_names(argv: list[str]) -> tuple[str, str]:
     """The model and dataset names that this command line selects, before the full parse.
 
     The full parser needs them to add the chosen classes' arguments. Later settings win, as in the
-    parser itself, and a checkpoint given with `--ckpt_path` wins over all, as LightningCLI applies its
-    hyperparameters last.
+    parser itself. A checkpoint given with `--ckpt_path` names the model (LightningCLI applies its
+    hyperparameters last); a different model chosen on the command line is an error.
     """
     names = {
         "model": inspect.signature(MInterface).parameters["net"].default,
         "data": inspect.signature(DInterface).parameters["dataset"].default,
     }
+    chosen, held = None, None  # the model named by the arguments, and the one in the checkpoint
     tokens = iter(argv)
     for token in tokens:
         key, eq, value = token.partition("=")
@@ -112,15 +123,45 @@ def selected_names(argv: list[str]) -> tuple[str, str]:
         if key in SHORTHANDS.values():
             found = {key[2:].split(".")[0]: value}
         elif key == "--ckpt_path" and Path(value).is_file():
-            hparams = torch.load(value, map_location="cpu", weights_only=True).get("hyper_parameters")
-            found = {"model": _name(hparams, "model")}
+            held = _name(load_checkpoint(value).get("hyper_parameters"), "model")
+            continue
         elif key in ("-c", "--config") and Path(value).is_file():
-            config = yaml.safe_load(Path(value).read_text())
+            config = _read_yaml(value)
             found = {group: _name(config.get(group), group) for group in names} if isinstance(config, dict) else {}
         elif key in SHORTHANDS and Path(value).is_file():
-            found = {key[2:]: _name(yaml.safe_load(Path(value).read_text()), key[2:])}
+            found = {key[2:]: _name(_read_yaml(value), key[2:])}
         names.update({group: name for group, name in found.items() if name})
-    return names["model"], names["data"]
+        chosen = found.get("model") or chosen
+    if held and chosen and held != chosen:
+        raise ConfigError(
+            f"--ckpt_path holds a checkpoint of model {held!r}, not {chosen!r}: give a checkpoint of "
+            f"{chosen!r}, or leave the model out to use {held!r}"
+        )
+    return held or names["model"], names["data"]
+
+
+def _read_yaml(path: str) -> Any:
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path} is not valid YAML{where}: {getattr(error, 'problem', error)}") from error
+
+
+def latest_checkpoint(runs: Path, kind: str) -> Path | None:
+    """The `last` or `best` checkpoint of the latest run under `runs` (runs/<model>/version_N); None if no run."""
+    versions = sorted(runs.glob("version_*/checkpoints/last.ckpt"), key=lambda p: int(p.parts[-3].split("_")[-1]))
+    if not versions:
+        return None
+    last = versions[-1]
+    if kind == "last":
+        return last
+    states = load_checkpoint(last).get("callbacks", {})
+    best = next((s.get("best_model_path") for k, s in states.items() if "Checkpoint{" in k), None)
+    if not best or not Path(best).is_file():
+        raise ConfigError(f"--ckpt_path best: the run in {last.parents[1]} recorded no best checkpoint; use last")
+    return Path(best)
 
 
 class TemplateCLI(LightningCLI):
@@ -137,7 +178,7 @@ class TemplateCLI(LightningCLI):
         super().__init__(
             MInterface,
             DInterface,
-            trainer_defaults={"logger": logger, "default_root_dir": RUNS_DIR},
+            trainer_defaults={"logger": logger, "default_root_dir": RUNS_DIR, "plugins": [AtomicCheckpointIO()]},
             seed_everything_default=42,
             auto_configure_optimizers=False,
             **kwargs,
@@ -158,7 +199,7 @@ class TemplateCLI(LightningCLI):
         parser.set_defaults({f"model.net_args.{name}": None for name in DATA_DIMS if name in net_parameters})
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/loss",
@@ -170,6 +211,7 @@ class TemplateCLI(LightningCLI):
             "early_stopping": (EarlyStopping, {"monitor": "val/loss", "patience": 10}),
             "lr_monitor": (LearningRateMonitor, {"logging_interval": "step"}),
             "training_summary": (TrainingSummary, {}),
+            "finite_loss": (FiniteLossGuard, {}),
             "classification_figures": (ClassificationFigures, {}),
         }
         for key, (cls, defaults) in optional.items():
@@ -211,6 +253,29 @@ class TemplateCLI(LightningCLI):
             )
         return parser
 
+    def _parse_ckpt_path(self) -> None:
+        # `--ckpt_path last|best` means the latest run of this model; `fit` from a checkpoint of a run goes on
+        # in that run's directory. LightningCLI then applies the checkpoint's hyperparameters.
+        section = self.config.get(str(self.config.get("subcommand")))
+        ckpt_path = section.get("ckpt_path") if section else None
+        logger = section.trainer.get("logger") if ckpt_path else None
+        runs = Path(logger.init_args.save_dir) / logger.init_args.name if hasattr(logger, "init_args") else None
+        if ckpt_path in ("last", "best") and runs is not None:
+            found = latest_checkpoint(runs, ckpt_path)
+            if found is None and (self.config.subcommand, ckpt_path) == ("fit", "last"):
+                print(f"No run under {runs} to resume: starting a new one")  # so a re-queued job can always resume
+            elif found is None:
+                raise ConfigError(f"--ckpt_path {ckpt_path}: no run under {runs} has a checkpoint yet; train first")
+            section.ckpt_path = ckpt_path = str(found) if found else None
+        elif ckpt_path and not Path(ckpt_path).is_file():
+            raise ConfigError(f"--ckpt_path {ckpt_path}: no such file (or use last or best, the latest run's)")
+        run = Path(ckpt_path).resolve().parents[1] if ckpt_path else None
+        if self.config.subcommand == "fit" and runs is not None and run and run.parent == runs.resolve():
+            logger.init_args.version = run.name.removeprefix("version_")
+            self.save_config_kwargs["overwrite"] = True
+            print(f"Resuming {run.name} from {ckpt_path}")
+        super()._parse_ckpt_path()
+
     def instantiate_classes(self) -> None:
         # As LightningCLI's own, except that each interface receives its `*_args` group as one plain dict
         # (jsonargparse would pass it as flat `net_args.x` keywords). `self.config` stays as parsed, for
@@ -233,6 +298,11 @@ class TemplateCLI(LightningCLI):
         if (fraction := self._get(self.config_init, "gpu_memory_fraction")) is not None:
             callbacks.append(GPUMemoryFraction(fraction))
         config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        if config.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise ConfigError(
+                f"--trainer.accelerator {config['accelerator']}: this machine has no CUDA GPU that torch can use "
+                "(see python main.py env); use --trainer.accelerator auto or cpu"
+            )
         trainer = self._instantiate_trainer(config, [c for c in callbacks if c is not None])
         if trainer.logger is not None:
             # Fix the run's version now: ddp_spawn's processes would otherwise each pick a new one, per stage.
@@ -270,15 +340,14 @@ class TemplateCLI(LightningCLI):
     def scale_batch_size(self, **kwargs: Any) -> dict[str, Any]:
         """Lightning's batch-size finder: the largest batch size that fits in memory, grown from `init_val`."""
         size = Tuner(self.trainer).scale_batch_size(**kwargs)
-        self.datamodule.hparams.batch_size = size
         print(f"Suggested batch size: {size}")
         return {"suggested_batch_size": size}
 
     def after_fit(self) -> None:
         best = self.trainer.checkpoint_callback.best_model_path or None
-        if self.model.net is None and best:
-            # Under ddp_spawn, the network was built from the data and trained in the spawned processes only,
-            # which also saved the config without telling this one.
+        if isinstance(self.trainer.strategy.launcher, _MultiProcessingLauncher) and best:
+            # ddp_spawn trained copies of the model in child processes, which also saved the config without
+            # telling this one: take the trained network from its checkpoint.
             self.model = MInterface.load_from_checkpoint(best)
             for callback in self.trainer.callbacks:
                 if isinstance(callback, SaveConfigCallback):
@@ -302,12 +371,40 @@ class TemplateCLI(LightningCLI):
         self._report({"test": self._metrics("test/")})
 
     def after_predict(self) -> None:
-        predictions = torch.cat(self.trainer.predict_loop.predictions)
-        results: dict[str, Any] = {"num_predictions": len(predictions)}
+        outputs = torch.cat(self.trainer.predict_loop.predictions).float()
+        results: dict[str, Any] = {"num_predictions": len(outputs)}
         if directory := run_dir(self.trainer):
-            results["predictions"] = str(directory / "predictions.pt")
-            torch.save(predictions, results["predictions"])
+            results["predictions"] = str(directory / "predictions.csv")
+            self._write_predictions(outputs, directory / "predictions.csv")
         self._report(results)
+
+    def _write_predictions(self, outputs: torch.Tensor, path: Path) -> None:
+        """One row per predicted item: its id, and the predicted class, its name and probability, or the values."""
+        ids = item_ids(self.datamodule.predict_set)
+        with path.open("w", newline="") as file:
+            writer = csv.writer(file)
+            if self.model.classification:
+                # CrossEntropyLoss takes logits, NLLLoss log-probabilities: both become probabilities here.
+                probabilities = outputs.exp() if self.model.hparams.loss == "NLLLoss" else outputs.softmax(dim=1)
+                probability, predicted = probabilities.max(dim=1)
+                classes = self.datamodule.classes or [str(i) for i in range(outputs.shape[1])]
+                writer.writerow(["id", "prediction", "class", "probability"])
+                for row in zip(ids, predicted.tolist(), probability.tolist(), strict=True):
+                    writer.writerow([row[0], row[1], classes[row[1]], f"{row[2]:.6g}"])
+            else:
+                values = outputs.flatten(1)
+                writer.writerow(
+                    [
+                        "id",
+                        *(
+                            ["prediction"]
+                            if values.shape[1] == 1
+                            else [f"prediction_{i}" for i in range(values.shape[1])]
+                        ),
+                    ]
+                )
+                for item, row in zip(ids, values.tolist(), strict=True):
+                    writer.writerow([item, *(f"{v:.6g}" for v in row)])
 
     def _metrics(self, prefix: str) -> dict[str, float]:
         return {k: v.item() for k, v in self.trainer.callback_metrics.items() if k.startswith(prefix)}
@@ -358,11 +455,16 @@ def main(argv: list[str] | None = None) -> None:
 
         print(environment_report())
         return
+    if argv[:1] == ["export"]:
+        import export
+
+        sys.exit(export.main(argv[1:]))
     argv = normalize_argv(argv)
     sys.argv[1:] = argv
     try:
         TemplateCLI(*selected_names(argv))
-    except ConfigError as error:
+    except (ConfigError, MisconfigurationException) as error:
+        # Lightning's MisconfigurationException is a user's setting it cannot run with, e.g. a GPU on a CPU machine.
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, random_split
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, random_split
 
 from utils import ConfigError, find_class
 
@@ -149,7 +150,7 @@ class DInterface(pl.LightningDataModule):
         return _compose(resize + augment + normalize), _compose(resize + normalize)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        return self._loader(self.train_set, sampler=EpochShuffle(len(self.train_set), torch.initial_seed()))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set)
@@ -157,18 +158,45 @@ class DInterface(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set)
 
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set)
+    @property
+    def predict_set(self) -> Dataset | None:
+        """What `predict` runs on: the test split."""
+        return self.test_set
 
-    def _loader(self, dataset: Dataset, shuffle: bool = False) -> DataLoader:
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_set)
+
+    def _loader(self, dataset: Dataset, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.hparams.num_workers,
             pin_memory=self.hparams.pin_memory,
             persistent_workers=self.hparams.persistent_workers,
         )
+
+
+class EpochShuffle(Sampler[int]):
+    """A random order of `size` items for each epoch, drawn from `seed` and the epoch alone.
+
+    Lightning calls `set_epoch` before each epoch (under DDP through its sampler wrapper, which then shards the
+    order), so a run resumed from a checkpoint sees the same order as the interrupted run would have; a shuffle
+    drawn from the global random state would depend on everything drawn before it.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
 
 
 def _compose(transforms: list[Callable]) -> Callable:
@@ -189,6 +217,20 @@ class TransformedDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         x, y = self.dataset[index]
         return self.transform(x), y
+
+
+def item_ids(dataset: Dataset) -> list[str]:
+    """An id per item of a split, for prediction files: its file name when the dataset reads files (a `files`
+    list, or `images` naming files), else its index in the dataset it was split from."""
+    indices = list(range(len(dataset)))
+    while isinstance(dataset, (TransformedDataset, Subset)):
+        if isinstance(dataset, Subset):
+            indices = [int(dataset.indices[i]) for i in indices]
+        dataset = dataset.dataset
+    names = getattr(dataset, "files", None) or getattr(dataset, "images", None)
+    if isinstance(names, list) and names and isinstance(names[0], (str, Path)):
+        return [str(names[i]) for i in indices]
+    return [str(i) for i in indices]
 
 
 def data_dims(example: tuple[Any, Any], classes: list[str] | None) -> dict[str, Any]:

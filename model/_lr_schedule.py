@@ -12,7 +12,9 @@ from torch.optim import Optimizer
 from utils import ConfigError
 
 # What a factor expression may use: the step counter, numbers, arithmetic, comparisons and these functions.
-FUNCTIONS = {name: getattr(math, name) for name in ("cos", "sin", "exp", "log", "sqrt", "floor", "ceil")}
+# All in floats: an integer power could compute for ever, a float one overflows at once.
+FUNCTIONS = {name: getattr(math, name) for name in ("cos", "sin", "exp", "log", "sqrt")}
+FUNCTIONS |= {"floor": lambda x: float(math.floor(x)), "ceil": lambda x: float(math.ceil(x))}
 CONSTANTS = {"pi": math.pi, "e": math.e}
 ALLOWED_NODES = (
     ast.Expression, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.IfExp, ast.Call, ast.Name, ast.Load,
@@ -33,6 +35,10 @@ def lr_lambda(expression: str) -> Callable[[int], float]:
     except SyntaxError as error:
         raise ConfigError(f"lr_lambda {expression!r} is not a valid expression: {error.msg}") from error
     for node in ast.walk(tree):
+        if isinstance(node, ast.Constant):
+            if type(node.value) not in (int, float):
+                raise ConfigError(f"lr_lambda {expression!r}: only numbers may appear as constants")
+            node.value = float(node.value)
         if not isinstance(node, ALLOWED_NODES) or (isinstance(node, ast.Call) and not isinstance(node.func, ast.Name)):
             raise ConfigError(f"lr_lambda {expression!r}: {type(node).__name__} is not allowed in a factor expression")
         if isinstance(node, ast.Name) and node.id not in (*names, "epoch", "step"):
@@ -43,8 +49,8 @@ def lr_lambda(expression: str) -> Callable[[int], float]:
 
     def factor(epoch: int) -> float:
         try:
-            return float(eval(code, {"__builtins__": {}}, {**names, "epoch": epoch, "step": epoch}))
-        except (ArithmeticError, ValueError, TypeError) as error:
+            return float(eval(code, {"__builtins__": {}}, {**names, "epoch": float(epoch), "step": float(epoch)}))
+        except (ArithmeticError, ValueError, TypeError, MemoryError, RecursionError) as error:
             raise ConfigError(f"lr_lambda {expression!r} fails at epoch={epoch}: {error}") from error
 
     factor(0)
@@ -61,12 +67,20 @@ class LinearWarmup:
     """
 
     SCHEDULED = "scheduled_lr"
+    STEPS = "warmup_steps"
 
     def __init__(self, optimizer: Optimizer, steps: int, start_factor: float = 0.0) -> None:
-        self.optimizer, self.steps, self.start_factor = optimizer, steps, start_factor
+        self.optimizer, self.start_factor = optimizer, start_factor
         for group in optimizer.param_groups:
             group.setdefault(self.SCHEDULED, group["lr"])
+            group.setdefault(self.STEPS, steps)
         self.apply(0)
+
+    @property
+    def steps(self) -> int:
+        # From the optimizer's state: a resumed run keeps the length it started with, even a fraction of a
+        # training whose length has changed since.
+        return self.optimizer.param_groups[0].get(self.STEPS, 0)  # none in a checkpoint written without warm-up
 
     def factor(self, step: int) -> float:
         """The warm-up factor of optimizer step `step` (counted from 0)."""
@@ -78,7 +92,7 @@ class LinearWarmup:
         """Set the learning rates for optimizer step `step`."""
         factor = self.factor(step)
         for group in self.optimizer.param_groups:
-            group["lr"] = group[self.SCHEDULED] * factor
+            group["lr"] = group.setdefault(self.SCHEDULED, group["lr"]) * factor
 
     @contextmanager
     def scheduling(self, next_step: int) -> Iterator[None]:

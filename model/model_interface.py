@@ -115,6 +115,7 @@ class MInterface(pl.LightningModule):
         self.metrics: nn.ModuleDict | None = None
         self.warmup: LinearWarmup | None = None
         self.scheduler: Any = None
+        self._resumed: dict[str, Any] | None = None  # what a checkpoint to resume from carries besides weights
         if not self._unset_dims(net_args or {}):
             self._build_net(net_args or {})
 
@@ -244,6 +245,16 @@ class MInterface(pl.LightningModule):
         if self.metrics is not None:
             for metric in self.metrics.values():
                 metric.reset()
+        # A resumed run carries on as the interrupted one would have: the best accuracy so far, and the random
+        # stream (shuffling, dropout, augmentation) as it was when the checkpoint was written. Set only now,
+        # after the sanity check, whose data loaders also draw from it.
+        if self._resumed is not None:
+            if self.metrics is not None and "val_acc_best" in self._resumed:
+                self.metrics["val_acc_best"].update(self._resumed["val_acc_best"])
+            torch.set_rng_state(self._resumed["rng"]["torch"])
+            if torch.cuda.is_available() and self._resumed["rng"].get("cuda"):
+                torch.cuda.set_rng_state_all(self._resumed["rng"]["cuda"])
+            self._resumed = None
 
     def on_train_epoch_end(self) -> None:
         self._log_metrics("train")
@@ -273,6 +284,16 @@ class MInterface(pl.LightningModule):
         net_args = checkpoint["hyper_parameters"].get("net_args") or {}
         if net_args.get(PRETRAINED_ARG):
             checkpoint["hyper_parameters"]["net_args"] = {**net_args, PRETRAINED_ARG: None}
+        if self.example_input_array is not None:  # for exporting a traced network (export.py)
+            checkpoint["example_input_shape"] = list(self.example_input_array.shape[1:])
+        checkpoint["resume"] = {"rng": {"torch": torch.get_rng_state()}}
+        if torch.cuda.is_available():
+            checkpoint["resume"]["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+        if self.metrics is not None and self.metrics["val_acc_best"].update_count:
+            checkpoint["resume"]["val_acc_best"] = self.metrics["val_acc_best"].compute()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._resumed = checkpoint.get("resume")
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams

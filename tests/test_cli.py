@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -105,8 +106,10 @@ def test_validate_test_predict_from_checkpoint(line_run: Run, tmp_path: Path) ->
     assert validate.results["validation"]["val/loss"] < 0.01
     predict = run_main("predict", "--config", config, "--ckpt_path", ckpt, cwd=tmp_path)
     assert predict.returncode == 0, predict.stderr[-3000:]
-    predictions = torch.load(predict.run_dir / "predictions.pt")
-    expected = 0.7 * torch.arange(0.8, 1.0, 0.02).unsqueeze(1) + 0.3
+    rows = list(csv.DictReader((predict.run_dir / "predictions.csv").open()))
+    assert [row["id"] for row in rows] == [str(i) for i in range(10)]  # the 10 points of the test split
+    predictions = torch.tensor([float(row["prediction"]) for row in rows])
+    expected = 0.7 * torch.arange(0.8, 1.0, 0.02) + 0.3
     torch.testing.assert_close(predictions, expected, atol=0.01, rtol=0)
 
 
@@ -123,8 +126,8 @@ def test_help_and_print_config_show_the_chosen_classes_arguments(tmp_path: Path)
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("--model", "linaer"), "unknown model 'linaer': there is no model/linaer.py. Available: cnn, linear, mlp"),
-        (("--data", "lines"), "unknown data 'lines': there is no data/lines.py. Available: cifar10, fashion_mnist"),
+        (("--model", "linaer"), "there is no model/linaer.py; did you mean linear? available: cnn, linear"),
+        (("--data", "lines"), "unknown data 'lines': there is no data/lines.py; did you mean line? available: cifar10"),
         (("--model", "linear", "--model.lrr=0.1"), "unrecognized arguments: --model.lrr=0.1"),
         (("--model", "linear", "--data.dataset_args.wieght=0.5"), "unrecognized arguments: --data.dataset_args.wieght"),
         (("--model", "linear", "--data.dataset_args.weight=abc"), 'Parser key "data.dataset_args.weight"'),
@@ -171,7 +174,7 @@ def test_adding_a_model_is_adding_one_file(project_copy: Path, tmp_path: Path) -
     assert run.run_dir.parent.name == "quadratic"
     assert run.results["test"]["test/loss"] < 0.1
     listing = run_main("--model", "nope", cwd=tmp_path, root=project_copy)
-    assert "Available: cnn, linear, mlp, quadratic, torchvision_model" in listing.stderr
+    assert "available: cnn, linear, mlp, quadratic, torchvision_model" in listing.stderr
 
 
 def test_an_error_inside_a_model_file_surfaces_as_itself(project_copy: Path, tmp_path: Path) -> None:

@@ -68,7 +68,7 @@ def test_data_interface_rejects_bad_settings(kwargs: dict, message: str) -> None
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"net": "nope"}, "unknown model 'nope'.*Available: cnn, linear, mlp, torchvision_model"),
+        ({"net": "nope"}, "unknown model 'nope'.*available: cnn, linear, mlp, torchvision_model"),
         ({"loss": "L2Loss"}, "unknown loss 'L2Loss'"),
         ({"optimizer": "Adamm"}, "unknown optimizer 'Adamm'"),
         ({"lr_scheduler": "Cosine"}, "unknown lr_scheduler 'Cosine'"),

@@ -158,6 +158,9 @@ def test_lr_lambda_expressions() -> None:
         ("1 / (epoch +", "not a valid expression"),
         ("1 / epoch", "fails at epoch=0: .*division by zero"),
         ("lr * 2", "unknown name 'lr'"),
+        ("9 ** 9 ** 9", "fails at epoch=0: .*out of range"),  # would compute for ever in integers
+        ("floor(1e300) ** floor(1e300)", "fails at epoch=0"),
+        ("'a' * 10 ** 12", "only numbers may appear"),
     ],
 )
 def test_lr_lambda_refuses_anything_but_arithmetic(expression: str, message: str) -> None:

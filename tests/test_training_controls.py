@@ -261,3 +261,9 @@ def test_channels_last_conv_net(mnist_data: DInterface) -> None:
 def test_channels_last_needs_images() -> None:
     with pytest.raises(ConfigError, match="channels_last is for conv nets on images"):
         fitted(MInterface(channels_last=True), DInterface(), max_steps=1)
+
+
+def test_compile_compiles_the_network_in_place() -> None:
+    model = MInterface(net="mlp", net_args={"input_size": 4, "output_size": 2}, compile=True)
+    assert model.net._compiled_call_impl is not None
+    assert MInterface(net="mlp", net_args={"input_size": 4, "output_size": 2}).net._compiled_call_impl is None

@@ -1,0 +1,164 @@
+"""Checkpoints that survive crashes: atomic, fsynced writes; a last.ckpt to resume from when training fails; a stop
+at the first non-finite loss, before it reaches the weights."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm, TQDMProgressBar
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
+
+from utils import ConfigError
+
+
+class TrainingDiverged(ConfigError):
+    """The training loss became NaN or infinite; raised by FiniteLossGuard on every device at the same step."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file beside the target, fsyncs it and renames it onto the target, so
+    that a crash or Ctrl+C mid-write leaves the previous checkpoint intact. Use with `trainer.plugins`.
+
+    Lightning's own save goes through an fsspec transaction whose temporary file lives in the system temp dir (so on
+    another filesystem the final move is a copy a crash can truncate) and fsyncs nothing.
+    Remote paths (s3://...) are saved by Lightning's own method. Loading is TorchCheckpointIO's.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+        if not _is_local_file_protocol(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__}.save_checkpoint does not take storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Not named *.ckpt, so that nothing takes a half-written file for a checkpoint.
+        temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(temporary, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            raise
+        _fsync_directory(path.parent)
+        return None
+
+
+def _fsync_directory(path: Path) -> None:
+    """Make a rename in `path` durable; not possible everywhere (Windows cannot open a directory)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class ResumableCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that also writes `last.ckpt` when fitting fails (an exception, Ctrl+C, a diverged loss), so
+    that `--ckpt_path last` resumes from where training stopped, and says so in one line.
+
+    Only `last.ckpt` is written then, whatever `save_last` says (a real file even with `save_last: link`): the
+    state at the failure is no best checkpoint. Nothing is written when no training step was taken, under
+    fast_dev_run, or during the sanity check. On several devices it writes only for failures that every device
+    raises together (Ctrl+C, TrainingDiverged): saving needs all of them. Its arguments are ModelCheckpoint's.
+
+    Args:
+        dirpath: Directory of the checkpoints; by default `<run directory>/checkpoints`.
+        filename: Name of the best checkpoints, e.g. "best-{epoch}"; by default "{epoch}-{step}".
+        monitor: Metric that ranks the checkpoints, e.g. val/loss; null keeps the latest.
+        verbose: Say when a checkpoint is written.
+        save_last: Also keep `last.ckpt` with the latest state; "link" makes it a link to the latest checkpoint.
+        save_top_k: How many best checkpoints to keep; -1 keeps all, 0 none.
+        save_on_exception: ModelCheckpoint's own save on an exception, under `filename` (not needed here).
+        save_weights_only: Save the weights alone, without optimizer and loop states (such cannot resume).
+        mode: Whether the best `monitor` is the min or the max.
+        auto_insert_metric_name: Put the metric names into `filename`'s fields ("epoch=3" rather than "3").
+        every_n_train_steps: Save every n optimizer steps; 0 or null for none.
+        train_time_interval: Save at this interval of training time.
+        every_n_epochs: Save every n epochs.
+        save_on_train_epoch_end: Save at the end of the training epoch rather than after validation.
+        enable_version_counter: Add -v1, -v2... rather than overwrite a file of the same name.
+    """
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        super().on_exception(trainer, pl_module, exception)
+        if not self._should_save_for_resuming(trainer, exception):
+            return
+        written = self._last_checkpoint_saved == self.last_model_path  # last.ckpt, not a link to it
+        if not (written and self._last_global_step_saved == trainer.global_step):
+            save_last, self.save_last = self.save_last, True
+            try:
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            finally:
+                self.save_last = save_last
+        _print(
+            trainer,
+            f"Training stopped by {type(exception).__name__} at step {trainer.global_step}; "
+            f"resume with --ckpt_path last ({self.last_model_path})",
+        )
+
+    def _should_save_for_resuming(self, trainer: pl.Trainer, exception: BaseException) -> bool:
+        together = isinstance(exception, (KeyboardInterrupt, TrainingDiverged)) or trainer.world_size == 1
+        return (
+            together
+            and trainer.state.fn == TrainerFn.FITTING
+            and self.dirpath is not None
+            and trainer.model is not None
+            and not trainer.fast_dev_run
+            and not trainer.sanity_checking
+            and trainer.global_step > 0  # nothing to resume
+        )
+
+
+class FiniteLossGuard(Callback):
+    """Stops training with TrainingDiverged at the first step whose loss is NaN or infinite, before the optimizer
+    applies it: the weights, and the `last.ckpt` that ResumableCheckpoint writes then, stay finite. On several
+    devices, all stop at the same step when any one's loss is not finite.
+
+    Checking costs one device synchronisation per step (and, on several devices, one tiny all-reduce).
+    """
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
+        local = loss.detach()
+        finite = bool(torch.isfinite(local).all())
+        if not trainer.strategy.reduce_boolean_decision(not finite, all=False):
+            return
+        if finite:
+            what = "nan or inf on another device"
+        elif bool(torch.isnan(local).any()):
+            what = "nan"
+        else:
+            what = "-inf" if bool((local == -math.inf).any()) else "inf"
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else math.nan
+        raise TrainingDiverged(
+            f"the training loss became {what} at step {trainer.global_step} (epoch {trainer.current_epoch}, "
+            f"batch {trainer.fit_loop.epoch_loop.batch_idx}): lower the learning rate (now model.lr={lr:g}), clip "
+            "gradients (--trainer.gradient_clip_val 1.0) or check the data for nan/inf values"
+        )
+
+
+def _print(trainer: pl.Trainer, line: str) -> None:
+    """Print on global rank zero, through the progress bar when there is one so that the bar stays intact."""
+    if not trainer.is_global_zero:
+        return
+    bar = trainer.progress_bar_callback
+    if bar is None or not getattr(bar, "is_enabled", True):
+        print(line)
+    elif isinstance(bar, TQDMProgressBar):
+        Tqdm.write(line)
+    else:
+        bar.print(line)

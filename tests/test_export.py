@@ -1,0 +1,220 @@
+"""export.py: a checkpoint's network as a state_dict, TorchScript and ONNX that run without Lightning."""
+
+from __future__ import annotations
+
+import pathlib
+import pickle
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from conftest import write_mnist
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+import export as export_module
+from data.data_interface import DInterface
+from export import DEFAULT_FORMATS, example_input, export, load_network
+from model.cnn import CNN
+from model.linear import LinearRegressionModel
+from model.mlp import MLP
+from model.model_interface import MInterface
+from utils import ConfigError
+
+PLAIN_CLASSES = {"linear": LinearRegressionModel, "mlp": MLP, "cnn": CNN}
+# One input's shape for each checkpoint below, and the input_shape that export needs for it (none: the checkpoints
+# record the shape of the data they were trained on).
+INPUT_SHAPES = {"linear": ((1,), None), "mlp": ((20,), None), "cnn": ((1, 28, 28), None)}
+
+
+def checkpoint(tmp: Path, model: MInterface, data: DInterface) -> tuple[Path, MInterface]:
+    """`model` fitted one epoch on `data` and saved to `tmp/model.ckpt`; returns the file and the fitted model."""
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        default_root_dir=tmp,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[ModelCheckpoint(dirpath=tmp, save_last=True)],
+    )
+    trainer.fit(model, data)
+    path = tmp / "model.ckpt"
+    trainer.save_checkpoint(path)
+    return path, model.eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, MInterface]]:
+    """A real checkpoint of the straight line, of an MLP on flat features and of a CNN on MNIST images."""
+    mnist = write_mnist(tmp_path_factory.mktemp("data"), n_train=60, n_test=12)
+    classifier: dict[str, Any] = {"loss": "CrossEntropyLoss", "optimizer": "Adam", "lr": 3e-3}
+    runs = {
+        "linear": (MInterface(), DInterface()),
+        "mlp": (MInterface(net="mlp", **classifier), DInterface(dataset="synthetic", batch_size=64)),
+        "cnn": (
+            MInterface(net="cnn", net_args={"channels": [4, 8]}, **classifier),
+            DInterface(dataset="mnist", dataset_args={"root": str(mnist)}, batch_size=16),
+        ),
+    }
+    return {name: checkpoint(tmp_path_factory.mktemp(name), *run) for name, run in runs.items()}
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+@pytest.mark.parametrize("name", list(PLAIN_CLASSES))
+def test_exported_files_give_the_checkpoint_models_outputs_in_plain_pytorch(
+    checkpoints: dict[str, tuple[Path, MInterface]], tmp_path: Path, name: str
+) -> None:
+    path, trained = checkpoints[name]
+    shape, input_shape = INPUT_SHAPES[name]
+    formats = ("state_dict", "torchscript")
+    written = export(path, tmp_path / "out", formats, input_shape=input_shape)
+    assert written == {"state_dict": tmp_path / "out/model.pth", "torchscript": tmp_path / "out/model.torchscript.pt"}
+    x = torch.randn(5, *shape)  # another batch size than the example input's 1
+    with torch.no_grad():
+        expected = trained.net(x)
+
+        hparams = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
+        plain = PLAIN_CLASSES[name](**(hparams["net_args"] or {}))
+        plain.load_state_dict(torch.load(written["state_dict"], weights_only=True))
+        torch.testing.assert_close(plain.eval()(x), expected, atol=1e-6, rtol=0)
+
+        scripted = torch.jit.load(str(written["torchscript"]))
+        torch.testing.assert_close(scripted(x), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", list(PLAIN_CLASSES))
+def test_onnx_gives_the_checkpoint_models_outputs_in_onnxruntime(
+    checkpoints: dict[str, tuple[Path, MInterface]], tmp_path: Path, name: str
+) -> None:
+    for package in ("onnx", "onnxscript"):
+        pytest.importorskip(package)
+    onnxruntime = pytest.importorskip("onnxruntime")
+    path, trained = checkpoints[name]
+    shape, input_shape = INPUT_SHAPES[name]
+    written = export(path, tmp_path, input_shape=input_shape)
+    assert set(written) == set(DEFAULT_FORMATS)
+    x = torch.randn(5, *shape)
+    with torch.no_grad():
+        expected = trained.net(x)
+    session = onnxruntime.InferenceSession(str(written["onnx"]), providers=["CPUExecutionProvider"])
+    (out,) = session.run(["output"], {"input": x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(out), expected, atol=1e-5, rtol=0)
+
+
+def test_load_network_gives_the_model_in_eval_mode_and_an_example_batch_of_one(
+    checkpoints: dict[str, tuple[Path, MInterface]],
+) -> None:
+    model, example = load_network(checkpoints["mlp"][0])
+    assert not model.training and not model.net.training
+    assert example.shape == (1, 20)
+    assert load_network(checkpoints["linear"][0])[1].shape == (1, 1)
+    assert load_network(checkpoints["cnn"][0])[1].shape == (1, 1, 28, 28)  # the shape the checkpoint recorded
+    assert load_network(checkpoints["cnn"][0], input_shape=(1, 28, 28))[1].shape == (1, 1, 28, 28)
+
+
+def test_example_input_reads_the_shape_from_the_networks_arguments() -> None:
+    assert example_input({"net": "x", "net_args": {"in_channels": 3, "image_size": [8, 6]}}).shape == (1, 3, 8, 6)
+    assert example_input({"net": "x", "net_args": {"in_channels": 3, "image_size": 8}}).shape == (1, 3, 8, 8)
+    assert example_input({"net": "mlp", "net_args": {"input_size": 784}}).shape == (1, 784)
+    assert example_input({"net": "linear", "net_args": None}).shape == (1, 1)
+    assert example_input({"net": "cnn", "net_args": {"in_channels": 1}}) is None
+    with pytest.raises(ConfigError, match="input_shape must be"):
+        example_input({"net": "cnn"}, input_shape=(1, 0, 28))
+
+
+def test_traced_formats_without_an_input_shape_are_an_error_that_says_why(
+    checkpoints: dict[str, tuple[Path, MInterface]], tmp_path: Path
+) -> None:
+    # A checkpoint without the recorded input shape (written by a plain Trainer): the cnn takes any image size.
+    contents = torch.load(checkpoints["cnn"][0], weights_only=True)
+    del contents["example_input_shape"]
+    shapeless = tmp_path / "shapeless.ckpt"
+    torch.save(contents, shapeless)
+    with pytest.raises(ConfigError, match="exporting torchscript traces the network on an example input.*input_shape"):
+        export(shapeless, tmp_path / "out", ["state_dict", "torchscript"])
+    assert not (tmp_path / "out").exists()  # nothing written
+    assert set(export(shapeless, tmp_path / "out", ["state_dict"])) == {"state_dict"}
+
+
+def test_onnx_without_its_packages_is_an_error_when_asked_for_and_skipped_by_default(
+    checkpoints: dict[str, tuple[Path, MInterface]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setattr(export_module, "onnx_missing", lambda: ["onnx", "onnxscript"])
+    with pytest.raises(ConfigError, match="ONNX export needs the onnx package: pip install onnx onnxscript"):
+        export(checkpoints["mlp"][0], tmp_path, ["state_dict", "onnx"])
+    assert set(export(checkpoints["mlp"][0], tmp_path)) == {"state_dict", "torchscript"}
+    assert "Skipping ONNX export" in capsys.readouterr().out
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_unknown_format_is_an_error_suggesting_the_closest(checkpoints, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown export format 'torchscirpt': did you mean torchscript?"):
+        export(checkpoints["mlp"][0], tmp_path / "out", ["state_dict", "torchscirpt"])
+    assert not (tmp_path / "out").exists()
+
+
+class _Touch:
+    """Unpickling this object creates `marker`: code in a pickle, as a crafted checkpoint would hold."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[Path]]:
+        return pathlib.Path.touch, (self.marker,)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
+def test_a_checkpoint_holding_code_is_refused_without_running_it(tmp_path: Path) -> None:
+    live = tmp_path / "live"
+    pickle.loads(pickle.dumps(_Touch(live)))  # the payload does run under plain unpickling
+    assert live.exists()
+    marker = tmp_path / "marker"
+    for i, data in enumerate([pickle.dumps(_Touch(marker)), {"state_dict": {}, "hyper_parameters": _Touch(marker)}]):
+        crafted = tmp_path / f"crafted{i}.ckpt"
+        crafted.write_bytes(data) if isinstance(data, bytes) else torch.save(data, crafted)
+        with pytest.raises(ConfigError, match="refused, it does not load with weights-only unpickling"):
+            load_network(crafted)
+        with pytest.raises(ConfigError, match="weights-only"):
+            export(crafted, tmp_path / "out")
+    assert not marker.exists()
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_or_foreign_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"--ckpt_path .*nothing\.ckpt: no such file"):
+        load_network(tmp_path / "nothing.ckpt")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"a": 1}, foreign)
+    with pytest.raises(ConfigError, match="not a Lightning checkpoint"):
+        load_network(foreign)
+    other_net = tmp_path / "other.ckpt"
+    torch.save({"hyper_parameters": {}, "state_dict": {"layer.weight": torch.zeros(2)}}, other_net)
+    with pytest.raises(ConfigError, match="not a checkpoint of this template"):
+        load_network(other_net)
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    with pytest.raises(ConfigError, match="not a readable checkpoint"):
+        load_network(empty)
+
+
+def test_command_line_exports_and_reports_user_errors_in_one_line(
+    checkpoints: dict[str, tuple[Path, MInterface]], tmp_path: Path, capsys
+) -> None:
+    args = ["--ckpt_path", str(checkpoints["cnn"][0]), "--out_dir", str(tmp_path), "--formats", "state_dict"]
+    assert export_module.main([*args, "torchscript", "--input_shape", "1", "28", "28"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"state_dict: {tmp_path / 'model.pth'}",
+        f"torchscript: {tmp_path / 'model.torchscript.pt'}",
+    ]
+    assert export_module.main(["--ckpt_path", str(tmp_path / "none.ckpt"), "--out_dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --ckpt_path {tmp_path / 'none.ckpt'}: no such file"
+
+
+def test_the_state_dict_keys_are_the_plain_networks(checkpoints: dict[str, tuple[Path, MInterface]], tmp_path) -> None:
+    written = export(checkpoints["cnn"][0], tmp_path, ["state_dict"])
+    state = torch.load(written["state_dict"], weights_only=True)
+    assert state.keys() == checkpoints["cnn"][1].net.state_dict().keys()
+    assert all(not key.startswith(("net.", "model.")) for key in state)
+    CNN(in_channels=1, num_classes=10, channels=(4, 8)).load_state_dict(state)  # strict: every key matches
