@@ -140,6 +140,13 @@ def selected_names(argv: list[str]) -> tuple[str, str]:
     return held or names["model"], names["data"]
 
 
+def _user_error_in(error: BaseException | None) -> ConfigError | None:
+    """The ConfigError that `error` was raised from, if any."""
+    while error is not None and not isinstance(error, ConfigError):
+        error = error.__cause__ or error.__context__
+    return error
+
+
 def _read_yaml(path: str) -> Any:
     try:
         return yaml.safe_load(Path(path).read_text())
@@ -286,7 +293,12 @@ class TemplateCLI(LightningCLI):
         for key, name in NAME_KEYS.items():
             args = section[key].get(f"{name}_args")
             section[key][f"{name}_args"] = args.as_dict() if args is not None else {}
-        self.config_init = self.parser.instantiate(config)
+        try:
+            self.config_init = self.parser.instantiate(config)
+        except ValueError as error:  # jsonargparse wraps what a class raises, e.g. a callback in a list
+            if (user_error := _user_error_in(error)) is None:
+                raise
+            raise user_error from error
         self.datamodule = self._get(self.config_init, "data")
         self.model = self._get(self.config_init, "model")
         self._add_configure_optimizers_method_to_model(self.subcommand)

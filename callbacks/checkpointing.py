@@ -105,11 +105,12 @@ class ResumableCheckpoint(ModelCheckpoint):
                 self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
             finally:
                 self.save_last = save_last
-        _print(
-            trainer,
-            f"Training stopped by {type(exception).__name__} at step {trainer.global_step}; "
-            f"resume with --ckpt_path last ({self.last_model_path})",
-        )
+        stopped = f"Training stopped by {type(exception).__name__} at step {trainer.global_step}"
+        if isinstance(exception, TrainingDiverged):
+            # Resuming would bring back the checkpoint's hyperparameters, and with them the divergence.
+            _print(trainer, f"{stopped}; the last finite weights are in {self.last_model_path}")
+        else:
+            _print(trainer, f"{stopped}; resume with --ckpt_path last ({self.last_model_path})")
 
     def _should_save_for_resuming(self, trainer: pl.Trainer, exception: BaseException) -> bool:
         together = isinstance(exception, (KeyboardInterrupt, TrainingDiverged)) or trainer.world_size == 1

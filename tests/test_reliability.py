@@ -142,7 +142,11 @@ def test_export_command_writes_files_that_give_the_checkpoints_outputs(tmp_path:
         (("--model", "mlp", "--data.batch_size=many"), 'Parser key "data.batch_size"'),
         (("--model", "mpl"), "did you mean mlp?"),
         (("--model", "mlp", "--config", "nowhere.yaml"), "nowhere.yaml"),
-        (("--model", "mlp", "--trainer.accelerator=gpu"), "GPU"),
+        (("--model", "mlp", "--trainer.accelerator=gpu"), "this machine has no CUDA GPU that torch can use"),
+        (
+            ("--model", "mlp", "--trainer.callbacks+=callbacks.GPUMemoryFraction", "--trainer.callbacks.fraction=1.5"),
+            "gpu_memory_fraction must be in (0, 1], got 1.5",
+        ),
         (("--model", "mlp", "--data", "mnist", "--data.root", "no_such_dir"), "no_such_dir"),
     ],
 )
