@@ -14,10 +14,10 @@ import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm, TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 
+from callbacks._console import print_line
 from utils import ConfigError
 
 
@@ -108,9 +108,9 @@ class ResumableCheckpoint(ModelCheckpoint):
         stopped = f"Training stopped by {type(exception).__name__} at step {trainer.global_step}"
         if isinstance(exception, TrainingDiverged):
             # Resuming would bring back the checkpoint's hyperparameters, and with them the divergence.
-            _print(trainer, f"{stopped}; the last finite weights are in {self.last_model_path}")
+            print_line(trainer, f"{stopped}; the last finite weights are in {self.last_model_path}")
         else:
-            _print(trainer, f"{stopped}; resume with --ckpt_path last ({self.last_model_path})")
+            print_line(trainer, f"{stopped}; resume with --ckpt_path last ({self.last_model_path})")
 
     def _should_save_for_resuming(self, trainer: pl.Trainer, exception: BaseException) -> bool:
         together = isinstance(exception, (KeyboardInterrupt, TrainingDiverged)) or trainer.world_size == 1
@@ -150,16 +150,3 @@ class FiniteLossGuard(Callback):
             f"batch {trainer.fit_loop.epoch_loop.batch_idx}): lower the learning rate (now model.lr={lr:g}), clip "
             "gradients (--trainer.gradient_clip_val 1.0) or check the data for nan/inf values"
         )
-
-
-def _print(trainer: pl.Trainer, line: str) -> None:
-    """Print on global rank zero, through the progress bar when there is one so that the bar stays intact."""
-    if not trainer.is_global_zero:
-        return
-    bar = trainer.progress_bar_callback
-    if bar is None or not getattr(bar, "is_enabled", True):
-        print(line)
-    elif isinstance(bar, TQDMProgressBar):
-        Tqdm.write(line)
-    else:
-        bar.print(line)

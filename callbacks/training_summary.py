@@ -7,10 +7,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback, TQDMProgressBar
-from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+from lightning.pytorch.callbacks import Callback
 from torch.nn.parameter import is_lazy
 
+from callbacks._console import print_line
 from utils import ConfigError
 
 
@@ -46,7 +46,7 @@ class TrainingSummary(Callback):
         device = f"{trainer.strategy.root_device.type} x{trainer.num_devices}"
         if trainer.num_nodes > 1:
             device += f" on {trainer.num_nodes} nodes"
-        self._print(
+        print_line(
             trainer,
             f"Training {model} ({total:,} parameters, {trainable:,} trainable) on {_describe_data(trainer)}, "
             f"{_describe_length(trainer)}, {device}, precision {trainer.precision}",
@@ -91,7 +91,7 @@ class TrainingSummary(Callback):
             if early_stopping.stopped_epoch > 0 or getattr(early_stopping, "stopping_reason_message", None):
                 line += f"; stopped early by EarlyStopping on {early_stopping.monitor}"
                 break
-        self._print(trainer, line)
+        print_line(trainer, line)
 
     def _print_epoch(self, trainer: pl.Trainer) -> None:
         epoch, lr, seconds = self._pending
@@ -103,19 +103,7 @@ class TrainingSummary(Callback):
         if lr is not None:
             parts.append(f"lr {lr:.2e}")
         parts.append(f"{seconds:.1f} s")
-        self._print(trainer, "  ".join(parts))
-
-    @staticmethod
-    def _print(trainer: pl.Trainer, line: str) -> None:
-        if not trainer.is_global_zero:
-            return
-        bar = trainer.progress_bar_callback
-        if bar is None or not getattr(bar, "is_enabled", True):
-            print(line)
-        elif isinstance(bar, TQDMProgressBar):
-            Tqdm.write(line)  # its print() drops the line while no bar is shown, as at the start of training
-        else:
-            bar.print(line)
+        print_line(trainer, "  ".join(parts))
 
 
 def _hparam(obj: Any, name: str) -> Any:

@@ -51,7 +51,7 @@ def test_two_processes_train_with_synced_metrics_and_write_one_run(tmp_path: Pat
             "--trainer.devices=2",
             f"--trainer.strategy={strategy}",
             cwd=tmp_path,
-        )  # fmt: skip
+        )
     )
     assert "cpu x2" in run.stdout
     # 2,800 training items in batches of 64, split between two processes: 22 steps per epoch, not 44.
@@ -117,7 +117,7 @@ def test_tensorboard_holds_the_lr_curve_final_metrics_as_hparams_and_the_graph(t
             "--trainer.log_every_n_steps=5",
             "--trainer.logger.init_args.log_graph=true",
             cwd=tmp_path,
-        )  # fmt: skip
+        )
     )
     events = EventAccumulator(str(run.run_dir))
     events.Reload()
@@ -149,7 +149,7 @@ def test_callbacks_added_from_the_command_line_and_checkpoint_settings(tmp_path:
             "--checkpoint.save_top_k=2",
             "--checkpoint.monitor=val/loss",
             cwd=tmp_path,
-        )  # fmt: skip
+        )
     )
     names = sorted(p.name for p in (tmp_path / "every").iterdir())
     assert names == ["epoch=14.ckpt", "epoch=19.ckpt", "epoch=4.ckpt", "epoch=9.ckpt"]
