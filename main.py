@@ -36,6 +36,7 @@ from callbacks import (
     ClassificationFigures,
     FiniteLossGuard,
     GPUMemoryFraction,
+    ProgressBar,
     ResumableCheckpoint,
     TrainingSummary,
 )
@@ -220,6 +221,7 @@ class TemplateCLI(LightningCLI):
             "training_summary": (TrainingSummary, {}),
             "finite_loss": (FiniteLossGuard, {}),
             "classification_figures": (ClassificationFigures, {}),
+            "progress_bar": (ProgressBar, {}),
         }
         for key, (cls, defaults) in optional.items():
             parser.add_lightning_class_args(cls, key, subclass_mode=True, required=False)
@@ -310,6 +312,8 @@ class TemplateCLI(LightningCLI):
         if (fraction := self._get(self.config_init, "gpu_memory_fraction")) is not None:
             callbacks.append(GPUMemoryFraction(fraction))
         config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        if config.get("enable_progress_bar") is False:  # Lightning refuses a progress bar callback then
+            callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
         if config.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
             raise ConfigError(
                 f"--trainer.accelerator {config['accelerator']}: this machine has no CUDA GPU that torch can use "

@@ -4,6 +4,7 @@ from callbacks.checkpointing import AtomicCheckpointIO, FiniteLossGuard, Resumab
 from callbacks.classification_figures import ClassificationFigures
 from callbacks.gpu_memory import GPUMemoryFraction
 from callbacks.plot_predictions import PlotPredictions
+from callbacks.progress_bar import ProgressBar
 from callbacks.training_summary import TrainingSummary
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "FiniteLossGuard",
     "GPUMemoryFraction",
     "PlotPredictions",
+    "ProgressBar",
     "ResumableCheckpoint",
     "TrainingDiverged",
     "TrainingSummary",

@@ -50,3 +50,8 @@ class TorchvisionImages(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.images[index].float().div_(255), int(self.targets[index])
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
+        """Many items at once (DataLoader and the in-memory path use it): one conversion for all of them."""
+        images = self.images[indices].float().div_(255)
+        return list(zip(images, self.targets[indices].tolist(), strict=True))

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, random_split
 
+from data._in_memory import AUTO_LIMIT_BYTES, InMemorySplit, in_chunks, stack_items, tensor_items, whole_batch
 from utils import ConfigError, find_class
+
+SPLITS = ("train", "val", "test")
 
 
 class DInterface(pl.LightningDataModule):
@@ -23,9 +27,17 @@ class DInterface(pl.LightningDataModule):
     stay the same whatever the training seed.
 
     Image data (items whose input is a C x H x W tensor) gets the transforms below; augmentation touches the
-    training split only. After `setup`, `example` is one item as the model sees it in evaluation, `dims`
-    describes the data for the model (see `data_dims`) and `classes` holds the class names of a
-    classification dataset (its `classes` attribute).
+    training split only.
+
+    Data that fits in memory (items that are an input tensor and a target, up to 2 GiB in all: the line, MNIST,
+    CIFAR-10, any tensor dataset) is by default held as tensors, transformed once, and served a whole batch at a
+    time by indexing (`InMemorySplit`): no per-item `__getitem__`, transform and collation at every step. The
+    order, seeding, augmentation and DDP sharding are the same as in the per-item path, which serves everything
+    else through DataLoader workers.
+
+    After `setup`, `example` is one item as the model sees it in evaluation, `dims` describes the data for the
+    model (see `data_dims`) and `classes` holds the class names of a classification dataset (its `classes`
+    attribute).
 
     Args:
         dataset: Dataset file in `data/`, without `.py`.
@@ -35,9 +47,13 @@ class DInterface(pl.LightningDataModule):
             (default 0.2 for them).
         split_seed: Seed of the random splits.
         batch_size: Samples per batch.
-        num_workers: Loader worker processes (0 loads in the main process).
-        pin_memory: Page-locked host memory, for faster copies to a GPU.
-        persistent_workers: Keep workers alive between epochs (needs num_workers > 0).
+        in_memory: `auto` holds the data as tensors when it can and fits, `cpu` always does (an error if it
+            cannot), `device` holds it on the training device (a GPU: no copy per batch), `off` serves it item
+            by item.
+        num_workers: Loader worker processes (0 loads in the main process); null for 0 with data in memory, else
+            one per CPU core but one, up to 8.
+        pin_memory: Page-locked host memory, for faster copies to a GPU; null for on when training on a GPU.
+        persistent_workers: Keep workers alive between epochs (needs num_workers > 0); null for on with workers.
         resize: Resize images to [height, width] (or [size] for the shorter side); null keeps their size.
         normalize: Normalise image channels with the dataset's `mean`/`std` attributes (0.5 when it has none).
         random_crop_padding: Augment: pad training images by this many pixels and crop back at random.
@@ -52,9 +68,10 @@ class DInterface(pl.LightningDataModule):
         test_fraction: float | None = None,
         split_seed: int = 42,
         batch_size: int = 32,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
+        in_memory: Literal["auto", "cpu", "device", "off"] = "auto",
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
+        persistent_workers: bool | None = None,
         resize: list[int] | None = None,
         normalize: bool = True,
         random_crop_padding: int | None = None,
@@ -74,10 +91,14 @@ class DInterface(pl.LightningDataModule):
                 f"data.test_fraction must be in [0, 1) and leave training data next to val_fraction={val_fraction}, "
                 f"got {self.test_fraction}"
             )
-        if batch_size < 1 or num_workers < 0:
+        if batch_size < 1 or (num_workers or 0) < 0:
             raise ConfigError(f"data.batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
-        if persistent_workers and num_workers == 0:
+        if persistent_workers and not num_workers:
             raise ConfigError("data.persistent_workers needs data.num_workers > 0")
+        if in_memory == "device" and num_workers:
+            raise ConfigError(
+                "data.in_memory device serves batches from the device in the main process: remove data.num_workers"
+            )
         if resize is not None and (len(resize) not in (1, 2) or min(resize) < 1):
             raise ConfigError(f"data.resize must be [height, width] or [size] with positive sizes, got {resize}")
         if random_crop_padding is not None and random_crop_padding < 0:
@@ -89,6 +110,9 @@ class DInterface(pl.LightningDataModule):
         self.example: tuple[Any, Any] | None = None
         self.dims: dict[str, Any] = {}
         self.classes: list[str] | None = None
+        # Image transforms in three parts: resizing, augmentation (training only) and normalisation.
+        self._image_steps: tuple[list[Callable], list[Callable], list[Callable]] | None = None
+        self._in_memory: dict[str, InMemorySplit] = {}
 
     def setup(self, stage: str) -> None:
         if self.train_set is not None:
@@ -116,7 +140,9 @@ class DInterface(pl.LightningDataModule):
         self.classes = getattr(pool, "classes", None)
         x, y = pool[0]
         if isinstance(x, torch.Tensor) and x.dim() == 3:
-            train_transform, eval_transform = self._image_transforms(x)
+            self._image_steps = self._image_transforms(x)
+            resize, augment, normalize = self._image_steps
+            train_transform, eval_transform = _compose(resize + augment + normalize), _compose(resize + normalize)
             self.train_set = TransformedDataset(self.train_set, train_transform)
             self.val_set = TransformedDataset(self.val_set, eval_transform)
             self.test_set = TransformedDataset(self.test_set, eval_transform)
@@ -129,8 +155,9 @@ class DInterface(pl.LightningDataModule):
         self.example = (x, y)  # one item as the model sees it in evaluation
         self.dims = data_dims(self.example, self.classes)
 
-    def _image_transforms(self, image: torch.Tensor) -> tuple[Callable, Callable]:
-        """The training transform (evaluation's, with augmentation after resizing) and the evaluation one."""
+    def _image_transforms(self, image: torch.Tensor) -> tuple[list[Callable], list[Callable], list[Callable]]:
+        """The resizing, augmentation and normalisation steps: training applies all three, evaluation no
+        augmentation."""
         from torchvision.transforms import v2
 
         hp = self.hparams
@@ -147,16 +174,16 @@ class DInterface(pl.LightningDataModule):
             augment.append(v2.RandomCrop(list(size), padding=hp.random_crop_padding))
         if hp.horizontal_flip:
             augment.append(v2.RandomHorizontalFlip())
-        return _compose(resize + augment + normalize), _compose(resize + normalize)
+        return resize, augment, normalize
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, sampler=EpochShuffle(len(self.train_set), torch.initial_seed()))
+        return self._loader(self._served("train"), sampler=EpochShuffle(len(self.train_set), torch.initial_seed()))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set)
+        return self._loader(self._served("val"))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set)
+        return self._loader(self._served("test"))
 
     @property
     def predict_set(self) -> Dataset | None:
@@ -167,14 +194,65 @@ class DInterface(pl.LightningDataModule):
         return self._loader(self.predict_set)
 
     def _loader(self, dataset: Dataset, sampler: Sampler | None = None) -> DataLoader:
+        hp = self.hparams
+        in_memory = isinstance(dataset, InMemorySplit)
+        workers = hp.num_workers if hp.num_workers is not None else 0 if in_memory else _default_workers()
+        on_gpu = self._device().type == "cuda" and not (in_memory and dataset.inputs.is_cuda)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
-            num_workers=self.hparams.num_workers,
-            pin_memory=self.hparams.pin_memory,
-            persistent_workers=self.hparams.persistent_workers,
+            num_workers=workers,
+            collate_fn=whole_batch if in_memory else None,
+            pin_memory=hp.pin_memory if hp.pin_memory is not None else on_gpu,
+            persistent_workers=hp.persistent_workers if hp.persistent_workers is not None else workers > 0,
         )
+
+    def _served(self, split: str) -> Dataset:
+        """What the `split` loader serves: the split in memory when `in_memory` allows, else item by item."""
+        mode = self.hparams.in_memory
+        if mode == "off":
+            return getattr(self, f"{split}_set")
+        if split not in self._in_memory:
+            if (reason := self._not_in_memory()) is not None:
+                if mode == "auto":
+                    return getattr(self, f"{split}_set")
+                raise ConfigError(f"data.in_memory {mode}: {reason}; use data.in_memory auto or off")
+            self._in_memory[split] = self._hold(split)
+        return self._in_memory[split]
+
+    def _not_in_memory(self) -> str | None:
+        """Why the data cannot be held in memory, or None when it can."""
+        name = self.hparams.dataset
+        item = self.dataset[0]
+        if not tensor_items(item):
+            return f"the items of {name!r} are not an input tensor and a target"
+        x, y = self.example  # as stored: resized
+        size = sum(len(getattr(self, f"{split}_set")) for split in SPLITS)
+        needed = size * (torch.as_tensor(x).nbytes + torch.as_tensor(y).nbytes)
+        if self.hparams.in_memory == "auto" and needed > AUTO_LIMIT_BYTES:
+            return f"{name!r} takes {needed / 1024**3:.1f} GiB as tensors"
+        return None
+
+    def _hold(self, split: str) -> InMemorySplit:
+        """The split as tensors, resized and, when not augmented, normalised once; on the device if asked."""
+        items = getattr(self, f"{split}_set")
+        transform = None
+        if self._image_steps is None:
+            inputs, targets = stack_items(items)
+        else:
+            inputs, targets = stack_items(items.dataset)  # the untransformed items
+            resize, augment, normalize = self._image_steps
+            if split == "train" and augment:
+                inputs, transform = in_chunks(_compose(resize), inputs), _compose(augment + normalize)
+            else:
+                inputs = in_chunks(_compose(resize + normalize), inputs)
+        device = self._device() if self.hparams.in_memory == "device" else torch.device("cpu")
+        return InMemorySplit(inputs.to(device), targets.to(device), items, transform)
+
+    def _device(self) -> torch.device:
+        """The device this process trains on (the CPU before a trainer is attached)."""
+        return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
 
 
 class EpochShuffle(Sampler[int]):
@@ -197,6 +275,12 @@ class EpochShuffle(Sampler[int]):
 
     def __len__(self) -> int:
         return self.size
+
+
+def _default_workers() -> int:
+    """Loader workers for data served item by item: one per CPU core this process may use but one, up to 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(8, max(1, cores - 1))
 
 
 def _compose(transforms: list[Callable]) -> Callable:
@@ -223,7 +307,7 @@ def item_ids(dataset: Dataset) -> list[str]:
     """An id per item of a split, for prediction files: its file name when the dataset reads files (a `files`
     list, or `images` naming files), else its index in the dataset it was split from."""
     indices = list(range(len(dataset)))
-    while isinstance(dataset, (TransformedDataset, Subset)):
+    while isinstance(dataset, (TransformedDataset, Subset, InMemorySplit)):
         if isinstance(dataset, Subset):
             indices = [int(dataset.indices[i]) for i in indices]
         dataset = dataset.dataset

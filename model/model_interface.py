@@ -34,8 +34,9 @@ class MInterface(pl.LightningModule):
 
     The network's size parameters named in `DATA_DIMS` (num_classes, in_channels, input_size...) come from the
     data when left unset; a value set by hand must agree with the data. A classification loss
-    (CrossEntropyLoss, NLLLoss) makes this a classifier: accuracy (and top-5 accuracy above 5 classes) is
-    logged per split with torchmetrics, synced across devices, with the best validation accuracy so far.
+    (CrossEntropyLoss, NLLLoss) makes this a classifier: accuracy is logged per split with torchmetrics, synced
+    across devices (with top-5 accuracy above 5 classes for validation and test), and the best validation
+    accuracy so far.
 
     Every argument is a plain value, so checkpoints load with weights-only unpickling and
     `MInterface.load_from_checkpoint(path)` needs nothing else.
@@ -115,6 +116,7 @@ class MInterface(pl.LightningModule):
         self.metrics: nn.ModuleDict | None = None
         self.warmup: LinearWarmup | None = None
         self.scheduler: Any = None
+        self._train_loss: tuple[torch.Tensor | float, int] = (0.0, 0)  # loss summed over the items since the last log
         self._resumed: dict[str, Any] | None = None  # what a checkpoint to resume from carries besides weights
         if not self._unset_dims(net_args or {}):
             self._build_net(net_args or {})
@@ -216,10 +218,22 @@ class MInterface(pl.LightningModule):
         x, y = batch
         out = self(x)
         loss = self.loss_fn(out, y)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(x))
+        self._log_train_loss(loss.detach(), len(x), last=batch_idx + 1 == self.trainer.num_training_batches)
         if self.metrics is not None:
             self.metrics["train_metrics"].update(out.detach(), y)
         return loss
+
+    def _log_train_loss(self, loss: torch.Tensor, batch_size: int, last: bool) -> None:
+        """Log `train/loss`, the mean over the items since it was last logged, on the steps the logger writes
+        (`trainer.log_every_n_steps`) and at the epoch's `last` batch: `self.log` costs more than a small model's
+        whole step, so it is not called at every one."""
+        total, count = self._train_loss
+        self._train_loss = (total + loss * batch_size, count + batch_size)
+        # Lightning's own per-step callbacks (LearningRateMonitor) ask the same question the same way.
+        if last or self.trainer._logger_connector.should_update_logs or self.trainer.fast_dev_run:
+            total, count = self._train_loss
+            self.log("train/loss", total / count, prog_bar=True, batch_size=batch_size)
+            self._train_loss = (0.0, 0)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._evaluate(batch, "val")
@@ -242,6 +256,7 @@ class MInterface(pl.LightningModule):
 
     def on_train_start(self) -> None:
         # Only this run counts: not a finder's trial steps (lr_find, scale_batch_size) before it.
+        self._train_loss = (0.0, 0)
         if self.metrics is not None:
             for metric in self.metrics.values():
                 metric.reset()
@@ -358,13 +373,14 @@ def _construct(cls: type, *args: Any, **kwargs: Any) -> Any:
 
 
 def _classification_metrics(num_classes: int) -> nn.ModuleDict:
-    """Accuracy (and top-5 accuracy above 5 classes) per split, and the best validation accuracy so far."""
+    """Accuracy per split (and top-5 accuracy above 5 classes, for validation and test), and the best validation
+    accuracy so far."""
     from torchmetrics import MaxMetric, MetricCollection
     from torchmetrics.classification import MulticlassAccuracy
 
     def collection(stage: str) -> MetricCollection:
         metrics = {"acc": MulticlassAccuracy(num_classes, average="micro")}
-        if num_classes > 5:
+        if num_classes > 5 and stage != "train":  # top-k costs as much as a small model's step; not for every batch
             metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
         return MetricCollection(metrics, prefix=f"{stage}/")
 

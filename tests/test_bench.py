@@ -1,0 +1,45 @@
+"""The benchmark runs end to end (on a tiny MNIST, one repeat) and writes its report; it measures nothing here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, write_mnist
+
+
+@pytest.mark.slow
+def test_benchmark_runs_every_implementation_and_writes_the_report(tmp_path: Path) -> None:
+    data = write_mnist(tmp_path / "data", n_train=200, n_test=40)
+    out = tmp_path / "bench"
+    command = [sys.executable, "bench/run.py", "--workloads", "line", "mlp", "--repeats", "1", "--out", str(out)]
+    command += ["--epochs", "line=30", "mlp=2", "--data-root", str(data)]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    summaries = json.loads((out / "results.json").read_text())["summaries"]
+    assert set(summaries["mlp"]) == {"raw-naive", "raw-tensor", "template"}
+    assert set(summaries["line"]) == {"raw-naive", "template"}
+    for summary in summaries["mlp"].values():
+        assert summary["epoch"]["median"] > 0 and summary["wall"]["median"] > summary["startup"]["median"] > 0
+        assert 0 <= summary["test_acc"]["median"] <= 1 and summary["peak_rss_mb"]["median"] > 100
+    for summary in summaries["line"].values():
+        assert 0 < summary["weight"]["median"] < 1.5 and "test_loss" in summary  # 30 epochs: on its way to 0.7
+
+    report = (out / "RESULTS.md").read_text()
+    assert "| mlp: template / raw-tensor, per-epoch |" in report and "## line: linear" in report
+    assert "`main.py --help` / `import lightning.pytorch`" in report
+    assert (out / "ratios.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.slow
+def test_benchmark_skips_mnist_when_the_data_is_absent(tmp_path: Path) -> None:
+    command = [sys.executable, "bench/run.py", "--workloads", "mlp", "--repeats", "1", "--out", str(tmp_path)]
+    proc = subprocess.run(
+        [*command, "--data-root", str(tmp_path / "nowhere")], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"skipping the MNIST workloads: no MNIST/raw under {tmp_path / 'nowhere'}" in proc.stdout

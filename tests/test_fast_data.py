@@ -1,0 +1,167 @@
+"""The fast data path (data held in memory, served in whole batches), the loader defaults, the progress bar's pace
+and the training loss logged over the steps between two logs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from conftest import write_mnist
+from lightning.pytorch.loggers import CSVLogger
+
+import data._in_memory as in_memory
+from callbacks import ProgressBar
+from data._in_memory import InMemorySplit
+from data.data_interface import DInterface
+from model.model_interface import MInterface
+from utils import ConfigError
+
+
+def batches(data: DInterface, split: str, epoch: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    torch.manual_seed(1234)  # the training order's seed
+    loader = getattr(data, f"{split}_dataloader")()
+    if loader.sampler is not None and hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    torch.manual_seed(100 + epoch)  # the augmentation's random draws
+    return [(x.clone(), torch.as_tensor(y)) for x, y in loader]
+
+
+@pytest.fixture
+def mnist_root(tmp_path: Path) -> str:
+    return str(write_mnist(tmp_path / "data", n_train=70, n_test=20))
+
+
+@pytest.mark.parametrize(
+    ("dataset", "args", "options"),
+    [
+        ("line", {}, {}),
+        ("synthetic", {"num_samples": 300}, {}),
+        ("mnist", None, {"random_crop_padding": 2, "horizontal_flip": True}),
+        ("mnist", None, {"resize": [20, 16]}),
+    ],
+)
+def test_in_memory_batches_are_the_item_paths_batches(
+    dataset: str, args: dict | None, options: dict, mnist_root: str
+) -> None:
+    """Same order per epoch, same augmentation draws, same values: only faster."""
+    args = {"root": mnist_root} if args is None else args
+    served = {}
+    for mode in ("cpu", "off"):
+        # In the main process both, as workers draw augmentations from their own seeds.
+        data = DInterface(dataset=dataset, dataset_args=args, batch_size=16, in_memory=mode, num_workers=0, **options)
+        data.setup("fit")
+        served[mode] = [batches(data, "train", epoch) for epoch in (0, 1)]
+        served[mode] += [batches(data, "val"), batches(data, "test")]
+        assert isinstance(data.train_dataloader().dataset, InMemorySplit) == (mode == "cpu")
+    assert len(served["cpu"]) == len(served["off"])
+    for fast, slow in zip(served["cpu"], served["off"], strict=True):
+        assert len(fast) == len(slow) > 0
+        for (x, y), (x_ref, y_ref) in zip(fast, slow, strict=True):
+            assert torch.equal(x, x_ref) and torch.equal(y, y_ref.to(y.dtype))
+    first, second = served["cpu"][0], served["cpu"][1]
+    assert not torch.equal(first[0][0], second[0][0])  # a new order each epoch
+
+
+def test_training_in_memory_gives_the_same_weights_as_item_by_item() -> None:
+    weights = []
+    for mode in ("cpu", "off"):
+        pl.seed_everything(3)
+        model = MInterface(net="mlp", loss="CrossEntropyLoss", optimizer="Adam", lr=0.01)
+        data = DInterface(
+            dataset="synthetic", dataset_args={"num_samples": 400}, batch_size=32, in_memory=mode, num_workers=0
+        )
+        trainer = pl.Trainer(
+            max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu"
+        )
+        trainer.fit(model, data)
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(weights[0], weights[1])
+
+
+def test_auto_serves_small_tensor_data_from_memory_and_big_data_item_by_item(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = DInterface(dataset="synthetic")
+    data.setup("fit")
+    loader = data.train_dataloader()
+    assert isinstance(loader.dataset, InMemorySplit) and loader.num_workers == 0
+    assert loader.dataset.inputs.shape == (len(data.train_set), 20)
+
+    monkeypatch.setattr(in_memory, "AUTO_LIMIT_BYTES", 1000)
+    monkeypatch.setattr("data.data_interface.AUTO_LIMIT_BYTES", 1000)
+    data = DInterface(dataset="synthetic")
+    data.setup("fit")
+    loader = data.train_dataloader()
+    assert not isinstance(loader.dataset, InMemorySplit)
+    assert loader.num_workers >= 1 and loader.persistent_workers  # item by item: workers, kept alive
+    data = DInterface(dataset="synthetic", in_memory="cpu")  # asked for explicitly: held whatever its size
+    data.setup("fit")
+    assert isinstance(data.train_dataloader().dataset, InMemorySplit)
+
+
+def test_data_that_cannot_be_held_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = DInterface(dataset="synthetic", in_memory="cpu")
+    data.setup("fit")
+    monkeypatch.setattr(data, "dataset", [({"features": torch.zeros(3)}, 1)])  # items that are not tensors
+    with pytest.raises(ConfigError, match="in_memory cpu: the items of 'synthetic' are not an input tensor"):
+        data.train_dataloader()
+    data = DInterface(dataset="synthetic")
+    data.setup("fit")
+    monkeypatch.setattr(data, "dataset", [({"features": torch.zeros(3)}, 1)])
+    assert not isinstance(data.train_dataloader().dataset, InMemorySplit)  # auto: item by item
+
+
+def test_loader_options_are_checked() -> None:
+    with pytest.raises(ConfigError, match="in_memory device serves batches from the device in the main process"):
+        DInterface(in_memory="device", num_workers=2)
+    with pytest.raises(ConfigError, match="needs data.num_workers > 0"):
+        DInterface(persistent_workers=True)
+    data = DInterface(dataset="line", in_memory="off", num_workers=0)
+    data.setup("fit")
+    assert data.train_dataloader().num_workers == 0
+
+
+def test_progress_bar_redraws_at_its_pace_and_at_the_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter([100.0, 100.1, 100.2, 100.6, 100.7])
+    monkeypatch.setattr("callbacks.progress_bar.time.monotonic", lambda: next(clock))
+    bar = ProgressBar(refresh_seconds=0.5)
+    assert [bar._should_update(n, 10) for n in (1, 2, 3, 4, 10)] == [True, False, False, True, True]
+    with pytest.raises(ConfigError, match="refresh_seconds must be >= 0"):
+        ProgressBar(refresh_seconds=-1)
+
+
+class BatchLosses(pl.Callback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, *args) -> None:
+        self.losses.append(float(outputs["loss"]))
+
+
+def test_train_loss_is_the_mean_since_the_last_log(tmp_path: Path) -> None:
+    """Logged every 3 steps and at the end of each 5-batch epoch, each value the mean over the batches before it."""
+    losses = BatchLosses()
+    data = DInterface(
+        dataset="synthetic", dataset_args={"num_samples": 200}, val_fraction=0.1, test_fraction=0.1, batch_size=32
+    )
+    trainer = pl.Trainer(
+        max_epochs=2,
+        log_every_n_steps=3,
+        logger=CSVLogger(tmp_path),
+        callbacks=[losses],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+    )
+    trainer.fit(MInterface(net="mlp", loss="CrossEntropyLoss", optimizer="Adam"), data)
+    assert len(losses.losses) == 10  # two epochs of 5 batches of 32
+    rows = [line.split(",") for line in (Path(trainer.logger.log_dir) / "metrics.csv").read_text().splitlines()]
+    step, loss = rows[0].index("step"), rows[0].index("train/loss")
+    logged = [float(row[loss]) for row in sorted(rows[1:], key=lambda row: int(row[step])) if row[loss]]
+    # The logger writes at the 3rd, 6th and 9th batch. Batch 5 ended the first epoch, which logs too, so the
+    # 6th batch's value is its own loss alone.
+    mean = [sum(w) / len(w) for w in (losses.losses[0:3], losses.losses[5:6], losses.losses[6:9])]
+    assert logged == pytest.approx(mean, rel=1e-5)
+    assert "train/acc_top5" not in trainer.callback_metrics and "val/acc_top5" in trainer.callback_metrics
