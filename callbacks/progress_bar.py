@@ -12,7 +12,7 @@ from utils import ConfigError
 
 
 class ProgressBar(TQDMProgressBar):
-    """The tqdm progress bar, redrawn at most every `refresh_seconds` (and at the end of each loop).
+    """The tqdm progress bar, redrawn at most every `refresh_seconds` (validation and test bars also at their end).
 
     Lightning's bar redraws, and reads every logged metric for it, after each batch, and redraws the training bar
     three times per epoch: for a small model that costs as much as its training steps. Counting batches
