@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import yaml
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
+from lightning.pytorch.callbacks import ProgressBar as LightningProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from lightning.pytorch.tuner import Tuner
@@ -312,7 +313,10 @@ class TemplateCLI(LightningCLI):
         if (fraction := self._get(self.config_init, "gpu_memory_fraction")) is not None:
             callbacks.append(GPUMemoryFraction(fraction))
         config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
-        if config.get("enable_progress_bar") is False:  # Lightning refuses a progress bar callback then
+        # Lightning allows one progress bar: none when switched off, and the user's own one when given.
+        if config.get("enable_progress_bar") is False or any(
+            isinstance(c, LightningProgressBar) for c in config.get("callbacks") or []
+        ):
             callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
         if config.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
             raise ConfigError(

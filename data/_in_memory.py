@@ -62,17 +62,23 @@ def tensor_items(item: Any) -> bool:
     )
 
 
-def stack_items(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every item of `dataset`, as (inputs, targets) tensors; fetched in one call when it has `__getitems__`."""
-    indices = list(range(len(dataset)))
-    if callable(getattr(dataset, "__getitems__", None)):
-        items = dataset.__getitems__(indices)
-    else:
-        items = [dataset[i] for i in indices]
-    inputs, targets = default_collate(items)
-    return inputs, targets
+def stack_items(
+    dataset: Dataset, per_item: Callable | None = None, per_chunk: Callable | None = None, chunk: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every item of `dataset` as (inputs, targets) tensors, `per_item` applied to each input (resizing, which
+    makes images of any size stack) and `per_chunk` to each stacked chunk of inputs (normalising).
 
-
-def in_chunks(transform: Callable, inputs: torch.Tensor, size: int = 4096) -> torch.Tensor:
-    """`transform` (a deterministic one, such as resizing and normalising) applied to `inputs` chunk by chunk."""
-    return torch.cat([transform(chunk) for chunk in inputs.split(size)])
+    Built a chunk at a time, so that memory peaks near the result's size, not at the size of every item as read;
+    a chunk is fetched in one call when the dataset has `__getitems__`.
+    """
+    fetch = getattr(dataset, "__getitems__", None)
+    inputs, targets = [], []
+    for start in range(0, len(dataset), chunk):
+        indices = list(range(start, min(start + chunk, len(dataset))))
+        items = fetch(indices) if callable(fetch) else [dataset[i] for i in indices]
+        if per_item is not None:
+            items = [(per_item(x), y) for x, y in items]
+        x, y = default_collate(items)
+        inputs.append(per_chunk(x) if per_chunk is not None else x)
+        targets.append(y)
+    return torch.cat(inputs), torch.cat(targets)

@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, random_split
 
-from data._in_memory import AUTO_LIMIT_BYTES, InMemorySplit, in_chunks, stack_items, tensor_items, whole_batch
+from data._in_memory import AUTO_LIMIT_BYTES, InMemorySplit, stack_items, tensor_items, whole_batch
 from utils import ConfigError, find_class
 
 SPLITS = ("train", "val", "test")
@@ -32,8 +32,8 @@ class DInterface(pl.LightningDataModule):
     Data that fits in memory (items that are an input tensor and a target, up to 2 GiB in all: the line, MNIST,
     CIFAR-10, any tensor dataset) is by default held as tensors, transformed once, and served a whole batch at a
     time by indexing (`InMemorySplit`): no per-item `__getitem__`, transform and collation at every step. The
-    order, seeding, augmentation and DDP sharding are the same as in the per-item path, which serves everything
-    else through DataLoader workers.
+    order, seeding, augmentation and DDP sharding are those of the per-item path run in the main process; that
+    path serves everything else, through DataLoader workers.
 
     After `setup`, `example` is one item as the model sees it in evaluation, `dims` describes the data for the
     model (see `data_dims`) and `classes` holds the class names of a classification dataset (its `classes`
@@ -95,9 +95,12 @@ class DInterface(pl.LightningDataModule):
             raise ConfigError(f"data.batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
         if persistent_workers and not num_workers:
             raise ConfigError("data.persistent_workers needs data.num_workers > 0")
-        if in_memory == "device" and num_workers:
+        if in_memory not in ("auto", "cpu", "device", "off"):
+            raise ConfigError(f"data.in_memory must be auto, cpu, device or off, got {in_memory!r}")
+        if in_memory == "device" and (num_workers or pin_memory):
             raise ConfigError(
-                "data.in_memory device serves batches from the device in the main process: remove data.num_workers"
+                "data.in_memory device serves batches from the device in the main process: remove data.num_workers "
+                "and data.pin_memory"
             )
         if resize is not None and (len(resize) not in (1, 2) or min(resize) < 1):
             raise ConfigError(f"data.resize must be [height, width] or [size] with positive sizes, got {resize}")
@@ -241,12 +244,13 @@ class DInterface(pl.LightningDataModule):
         if self._image_steps is None:
             inputs, targets = stack_items(items)
         else:
-            inputs, targets = stack_items(items.dataset)  # the untransformed items
             resize, augment, normalize = self._image_steps
+            per_item = _compose(resize) if resize else None
             if split == "train" and augment:
-                inputs, transform = in_chunks(_compose(resize), inputs), _compose(augment + normalize)
+                inputs, targets = stack_items(items.dataset, per_item)  # the untransformed items, resized
+                transform = _compose(augment + normalize)
             else:
-                inputs = in_chunks(_compose(resize + normalize), inputs)
+                inputs, targets = stack_items(items.dataset, per_item, _compose(normalize) if normalize else None)
         device = self._device() if self.hparams.in_memory == "device" else torch.device("cpu")
         return InMemorySplit(inputs.to(device), targets.to(device), items, transform)
 
@@ -301,6 +305,12 @@ class TransformedDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         x, y = self.dataset[index]
         return self.transform(x), y
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[Any, Any]]:
+        """Many items at once, through the dataset's own `__getitems__` when it has one (Subset forwards it)."""
+        fetch = getattr(self.dataset, "__getitems__", None)
+        items = fetch(indices) if callable(fetch) else [self.dataset[i] for i in indices]
+        return [(self.transform(x), y) for x, y in items]
 
 
 def item_ids(dataset: Dataset) -> list[str]:

@@ -225,12 +225,15 @@ class MInterface(pl.LightningModule):
 
     def _log_train_loss(self, loss: torch.Tensor, batch_size: int, last: bool) -> None:
         """Log `train/loss`, the mean over the items since it was last logged, on the steps the logger writes
-        (`trainer.log_every_n_steps`) and at the epoch's `last` batch: `self.log` costs more than a small model's
-        whole step, so it is not called at every one."""
+        (`trainer.log_every_n_steps`, after the optimizer step) and at the epoch's `last` batch: `self.log` costs
+        more than a small model's whole step, so it is not called at every one."""
         total, count = self._train_loss
         self._train_loss = (total + loss * batch_size, count + batch_size)
-        # Lightning's own per-step callbacks (LearningRateMonitor) ask the same question the same way.
-        if last or self.trainer._logger_connector.should_update_logs or self.trainer.fast_dev_run:
+        # Lightning's own per-step callbacks (LearningRateMonitor) ask these questions the same way; the logger
+        # writes only once the accumulated gradients are applied.
+        trainer = self.trainer
+        logs = trainer._logger_connector.should_update_logs and not trainer.fit_loop._should_accumulate()
+        if last or logs or trainer.fast_dev_run:
             total, count = self._train_loss
             self.log("train/loss", total / count, prog_bar=True, batch_size=batch_size)
             self._train_loss = (0.0, 0)

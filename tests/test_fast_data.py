@@ -8,8 +8,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import write_mnist
+from conftest import image_pixels, run_main, write_image_folder, write_mnist
 from lightning.pytorch.loggers import CSVLogger
+from torchvision.io import write_png
 
 import data._in_memory as in_memory
 from callbacks import ProgressBar
@@ -64,6 +65,20 @@ def test_in_memory_batches_are_the_item_paths_batches(
     assert not torch.equal(first[0][0], second[0][0])  # a new order each epoch
 
 
+def test_images_of_different_sizes_are_resized_one_by_one_before_they_are_held(tmp_path: Path) -> None:
+    write_image_folder(tmp_path, n_per_class=3, size=8)
+    for name in ("cat/00.png", "dog/01.png"):
+        write_png(image_pixels(7, size=12), str(tmp_path / "train" / name))
+    served = {}
+    for mode in ("cpu", "off"):
+        args = {"dataset_args": {"root": str(tmp_path)}, "resize": [6, 6], "batch_size": 4, "num_workers": 0}
+        data = DInterface(dataset="image_folder", in_memory=mode, **args)
+        data.setup("fit")
+        served[mode] = batches(data, "train") + batches(data, "val")
+    for (x, y), (x_ref, y_ref) in zip(served["cpu"], served["off"], strict=True):
+        assert x.shape[1:] == (3, 6, 6) and torch.equal(x, x_ref) and torch.equal(y, y_ref)
+
+
 def test_training_in_memory_gives_the_same_weights_as_item_by_item() -> None:
     weights = []
     for mode in ("cpu", "off"):
@@ -116,6 +131,10 @@ def test_data_that_cannot_be_held_in_memory(monkeypatch: pytest.MonkeyPatch) -> 
 def test_loader_options_are_checked() -> None:
     with pytest.raises(ConfigError, match="in_memory device serves batches from the device in the main process"):
         DInterface(in_memory="device", num_workers=2)
+    with pytest.raises(ConfigError, match="remove data.num_workers and data.pin_memory"):
+        DInterface(in_memory="device", pin_memory=True)
+    with pytest.raises(ConfigError, match="in_memory must be auto, cpu, device or off, got 'gpu'"):
+        DInterface(in_memory="gpu")
     with pytest.raises(ConfigError, match="needs data.num_workers > 0"):
         DInterface(persistent_workers=True)
     data = DInterface(dataset="line", in_memory="off", num_workers=0)
@@ -165,3 +184,48 @@ def test_train_loss_is_the_mean_since_the_last_log(tmp_path: Path) -> None:
     mean = [sum(w) / len(w) for w in (losses.losses[0:3], losses.losses[5:6], losses.losses[6:9])]
     assert logged == pytest.approx(mean, rel=1e-5)
     assert "train/acc_top5" not in trainer.callback_metrics and "val/acc_top5" in trainer.callback_metrics
+
+
+def test_train_loss_under_gradient_accumulation_is_logged_after_the_optimizer_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each logged value is the mean over all batches since the last one, logged only where gradients are applied
+    (every 2nd batch) or an epoch ends, so no batch's loss is dropped from the curve."""
+    losses, logged = BatchLosses(), []
+    log = MInterface.log
+
+    def recording_log(self: MInterface, name: str, value: torch.Tensor, *args, **kwargs) -> None:
+        if name == "train/loss":
+            logged.append((len(losses.losses), float(value)))  # the index of the batch being trained
+        log(self, name, value, *args, **kwargs)
+
+    monkeypatch.setattr(MInterface, "log", recording_log)
+    data = DInterface(
+        dataset="synthetic", dataset_args={"num_samples": 200}, val_fraction=0.1, test_fraction=0.1, batch_size=32
+    )
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accumulate_grad_batches=2,
+        log_every_n_steps=1,
+        callbacks=[losses],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+    )
+    trainer.fit(MInterface(net="mlp", loss="CrossEntropyLoss", optimizer="Adam"), data)
+    assert [batch for batch, _ in logged] == [1, 3, 4, 6, 8, 9]  # 5 batches per epoch: steps after 2, 4, and 5
+    start = 0
+    for batch, value in logged:
+        window = losses.losses[start : batch + 1]  # as callbacks see them: divided by accumulate_grad_batches
+        assert value == pytest.approx(2 * sum(window) / len(window), rel=1e-5)
+        start = batch + 1
+
+
+@pytest.mark.slow
+def test_a_progress_bar_of_ones_own_replaces_the_templates(tmp_path: Path) -> None:
+    bar = "--trainer.callbacks+=lightning.pytorch.callbacks.TQDMProgressBar"
+    run = run_main(
+        "--model", "linear", "--trainer.max_epochs", "3", bar, "--trainer.callbacks.refresh_rate", "1", cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
