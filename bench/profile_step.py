@@ -35,14 +35,14 @@ from model.mlp import MLP  # noqa: E402
 from model.model_interface import MInterface  # noqa: E402
 
 
-def parts(root: str) -> tuple[MInterface, DInterface]:
+def mnist(root: str) -> DInterface:
+    """The MLP workload's data, as configs/mlp.yaml with --data mnist serves it (in memory)."""
     pl.seed_everything(42, verbose=False)
-    model = MInterface(net="mlp", net_args={"hidden_sizes": [256]}, loss="CrossEntropyLoss", optimizer="Adam", lr=1e-3)
-    return model, DInterface(dataset="mnist", dataset_args={"root": root}, val_fraction=0.1, batch_size=64)
+    return DInterface(dataset="mnist", dataset_args={"root": root}, val_fraction=0.1, batch_size=64)
 
 
 def raw(root: str, epochs: int) -> tuple[list[float], int]:
-    _, data = parts(root)
+    data = mnist(root)
     data.setup("fit")
     loader = data.train_dataloader()
     net = MLP(input_size=784, output_size=10, hidden_sizes=[256])
@@ -62,7 +62,8 @@ def raw(root: str, epochs: int) -> tuple[list[float], int]:
 
 
 def fitted(root: str, epochs: int, template: bool, directory: str) -> tuple[list[float], int]:
-    model, data = parts(root)
+    data = mnist(root)
+    model = MInterface(net="mlp", net_args={"hidden_sizes": [256]}, loss="CrossEntropyLoss", optimizer="Adam", lr=1e-3)
     timing = BenchTiming(str(Path(directory) / "timing.json"))
     callbacks: list[pl.Callback] = [timing]
     if template:

@@ -62,6 +62,12 @@ def tensor_items(item: Any) -> bool:
     )
 
 
+def fetch_items(dataset: Dataset, indices: list[int]) -> list[Any]:
+    """The items at `indices`, in one call when the dataset has `__getitems__` (as DataLoader does)."""
+    fetch = getattr(dataset, "__getitems__", None)
+    return fetch(indices) if callable(fetch) else [dataset[i] for i in indices]
+
+
 def stack_items(
     dataset: Dataset, per_item: Callable | None = None, per_chunk: Callable | None = None, chunk: int = 1024
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,11 +77,9 @@ def stack_items(
     Built a chunk at a time, so that memory peaks near the result's size, not at the size of every item as read;
     a chunk is fetched in one call when the dataset has `__getitems__`.
     """
-    fetch = getattr(dataset, "__getitems__", None)
     inputs, targets = [], []
     for start in range(0, len(dataset), chunk):
-        indices = list(range(start, min(start + chunk, len(dataset))))
-        items = fetch(indices) if callable(fetch) else [dataset[i] for i in indices]
+        items = fetch_items(dataset, list(range(start, min(start + chunk, len(dataset)))))
         if per_item is not None:
             items = [(per_item(x), y) for x, y in items]
         x, y = default_collate(items)

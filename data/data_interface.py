@@ -12,7 +12,14 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, random_split
 
-from data._in_memory import AUTO_LIMIT_BYTES, InMemorySplit, stack_items, tensor_items, whole_batch
+from data._in_memory import (
+    AUTO_LIMIT_BYTES,
+    InMemorySplit,
+    fetch_items,
+    stack_items,
+    tensor_items,
+    whole_batch,
+)
 from utils import ConfigError, find_class
 
 SPLITS = ("train", "val", "test")
@@ -308,9 +315,7 @@ class TransformedDataset(Dataset):
 
     def __getitems__(self, indices: list[int]) -> list[tuple[Any, Any]]:
         """Many items at once, through the dataset's own `__getitems__` when it has one (Subset forwards it)."""
-        fetch = getattr(self.dataset, "__getitems__", None)
-        items = fetch(indices) if callable(fetch) else [self.dataset[i] for i in indices]
-        return [(self.transform(x), y) for x, y in items]
+        return [(self.transform(x), y) for x, y in fetch_items(self.dataset, indices)]
 
 
 def item_ids(dataset: Dataset) -> list[str]:
