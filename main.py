@@ -33,7 +33,6 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from callbacks import (
-    AtomicCheckpointIO,
     ClassificationFigures,
     FiniteLossGuard,
     GPUMemoryFraction,
@@ -62,6 +61,8 @@ ALIASES = {
     "--lr_scheduler": "--model.lr_scheduler",
 }
 RUNS_DIR = "runs"
+# The checkpoint plugin, as config.yaml can write it (an instance would be a warning on every run).
+ATOMIC_CHECKPOINTS = {"class_path": "callbacks.AtomicCheckpointIO"}
 # Models with at most this many parameter values get them printed and written to results.json.
 SMALL_MODEL = 16
 
@@ -187,7 +188,7 @@ class TemplateCLI(LightningCLI):
         super().__init__(
             MInterface,
             DInterface,
-            trainer_defaults={"logger": logger, "default_root_dir": RUNS_DIR, "plugins": [AtomicCheckpointIO()]},
+            trainer_defaults={"logger": logger, "default_root_dir": RUNS_DIR, "plugins": [ATOMIC_CHECKPOINTS]},
             seed_everything_default=42,
             auto_configure_optimizers=False,
             **kwargs,

@@ -29,6 +29,9 @@ def test_run_directory_holds_everything(line_run: Run) -> None:
     assert run_dir.parent == line_run.cwd / "runs" / "linear"
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["model"]["net"] == "linear" and config["trainer"]["max_epochs"] == 1000
+    # The atomic checkpoint plugin is recorded, so the config re-runs as it ran, and warns about nothing.
+    assert config["trainer"]["plugins"] == [{"class_path": "callbacks.AtomicCheckpointIO"}]
+    assert "Unable to serialize" not in line_run.stderr
     assert list(run_dir.glob("events.out.tfevents.*"))
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     best = Path(line_run.results["best_checkpoint"])
