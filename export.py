@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from model.model_interface import MInterface
-from utils import ConfigError, did_you_mean, load_checkpoint
+from trust import load_checkpoint
+from utils import ConfigError, did_you_mean
 
 __all__ = ["DEFAULT_FORMATS", "FORMATS", "example_input", "export", "load_network", "onnx_missing"]
 

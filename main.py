@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 from lightning.pytorch.callbacks import ProgressBar as LightningProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -42,7 +41,8 @@ from callbacks import (
 )
 from data.data_interface import DInterface, item_ids
 from model.model_interface import DATA_DIMS, MInterface
-from utils import ROOT, ConfigError, available, find_class, load_checkpoint, run_dir
+from trust import check_config, load_checkpoint, load_yaml_file
+from utils import ROOT, ConfigError, available, find_class, run_dir
 
 # Lightning's learning-rate and batch-size finders, as subcommands that take the same options as `fit`.
 FINDERS = {
@@ -129,10 +129,10 @@ def selected_names(argv: list[str]) -> tuple[str, str]:
             held = _name(load_checkpoint(value).get("hyper_parameters"), "model")
             continue
         elif key in ("-c", "--config") and Path(value).is_file():
-            config = _read_yaml(value)
+            config = load_yaml_file(value)
             found = {group: _name(config.get(group), group) for group in names} if isinstance(config, dict) else {}
         elif key in SHORTHANDS and Path(value).is_file():
-            found = {key[2:]: _name(_read_yaml(value), key[2:])}
+            found = {key[2:]: _name(load_yaml_file(value), key[2:])}
         names.update({group: name for group, name in found.items() if name})
         chosen = found.get("model") or chosen
     if held and chosen and held != chosen:
@@ -148,15 +148,6 @@ def _user_error_in(error: BaseException | None) -> ConfigError | None:
     while error is not None and not isinstance(error, ConfigError):
         error = error.__cause__ or error.__context__
     return error
-
-
-def _read_yaml(path: str) -> Any:
-    try:
-        return yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path} is not valid YAML{where}: {getattr(error, 'problem', error)}") from error
 
 
 def latest_checkpoint(runs: Path, kind: str) -> Path | None:
@@ -281,11 +272,17 @@ class TemplateCLI(LightningCLI):
         elif ckpt_path and not Path(ckpt_path).is_file():
             raise ConfigError(f"--ckpt_path {ckpt_path}: no such file (or use last or best, the latest run's)")
         run = Path(ckpt_path).resolve().parents[1] if ckpt_path else None
+        if ckpt_path:
+            load_checkpoint(ckpt_path)  # refused before LightningCLI parses its hyperparameters, if not plain
         if self.config.subcommand == "fit" and runs is not None and run and run.parent == runs.resolve():
             logger.init_args.version = run.name.removeprefix("version_")
             self.save_config_kwargs["overwrite"] = True
             print(f"Resuming {run.name} from {ckpt_path}")
         super()._parse_ckpt_path()
+
+    def before_instantiate_classes(self) -> None:
+        # What the config files, the command line and a checkpoint's hyperparameters gave, before anything is built.
+        check_config(self.config.get(str(self.config.get("subcommand")), self.config))
 
     def instantiate_classes(self) -> None:
         # As LightningCLI's own, except that each interface receives its `*_args` group as one plain dict

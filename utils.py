@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-import pickle
 import pkgutil
 from pathlib import Path
 from typing import Any
@@ -77,23 +76,3 @@ def run_dir(trainer: Any) -> Path | None:
         return None
     Path(path).mkdir(parents=True, exist_ok=True)
     return Path(path)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint file, read with weights-only unpickling: plain data and tensors, never code."""
-    import torch
-
-    if not Path(path).is_file():
-        raise ConfigError(f"--ckpt_path {path}: no such file")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ConfigError(
-            f"--ckpt_path {path}: refused, it does not load with weights-only unpickling (it may hold code); "
-            "only load checkpoints you trust"
-        ) from error
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise ConfigError(f"--ckpt_path {path}: not a readable checkpoint ({error})") from error
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ConfigError(f"--ckpt_path {path}: not a Lightning checkpoint (it has no state_dict)")
-    return checkpoint

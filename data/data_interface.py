@@ -20,6 +20,7 @@ from data._in_memory import (
     tensor_items,
     whole_batch,
 )
+from trust import check_plain, checked_load_arguments
 from utils import ConfigError, find_class
 
 SPLITS = ("train", "val", "test")
@@ -86,6 +87,7 @@ class DInterface(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        check_plain(dict(self.hparams), "data")
         self.dataset_class = find_class("data", dataset, Dataset)
         self.has_test_split = "train" in inspect.signature(self.dataset_class).parameters
         if self.has_test_split and test_fraction is not None:
@@ -123,6 +125,19 @@ class DInterface(pl.LightningDataModule):
         # Image transforms in three parts: resizing, augmentation (training only) and normalisation.
         self._image_steps: tuple[list[Callable], list[Callable], list[Callable]] | None = None
         self._in_memory: dict[str, InMemorySplit] = {}
+
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | Path,
+        map_location: Any = None,
+        hparams_file: str | Path | None = None,
+        weights_only: bool | None = None,
+        **kwargs: Any,
+    ) -> DInterface:
+        """Lightning's, for a checkpoint that holds plain values and tensors only (see `trust.load_checkpoint`)."""
+        kwargs = checked_load_arguments(checkpoint_path, hparams_file, weights_only, kwargs)
+        return super().load_from_checkpoint(checkpoint_path, map_location, weights_only=True, **kwargs)
 
     def setup(self, stage: str) -> None:
         if self.train_set is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from model._lr_schedule import LinearWarmup, lr_lambda
+from trust import check_plain, checked_load_arguments
 from utils import ConfigError, find_class
 
 # Constructor parameters of a network that the data fills in when they are not set (see `data_dims`).
@@ -100,6 +102,7 @@ class MInterface(pl.LightningModule):
         if isinstance((lr_scheduler_args or {}).get("lr_lambda"), str):
             lr_lambda(lr_scheduler_args["lr_lambda"])
         self.save_hyperparameters()
+        check_plain(dict(self.hparams), "model")
         self.net_class = find_class("model", net, nn.Module)
         self.loss_fn = _torch_attr(nn, "loss", loss, "L1Loss, MSELoss, HuberLoss, CrossEntropyLoss")(
             **(loss_args or {})
@@ -120,6 +123,20 @@ class MInterface(pl.LightningModule):
         self._resumed: dict[str, Any] | None = None  # what a checkpoint to resume from carries besides weights
         if not self._unset_dims(net_args or {}):
             self._build_net(net_args or {})
+
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | Path,
+        map_location: Any = None,
+        hparams_file: str | Path | None = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        **kwargs: Any,
+    ) -> MInterface:
+        """Lightning's, for a checkpoint that holds plain values and tensors only (see `trust.load_checkpoint`)."""
+        kwargs = checked_load_arguments(checkpoint_path, hparams_file, weights_only, kwargs)
+        return super().load_from_checkpoint(checkpoint_path, map_location, strict=strict, weights_only=True, **kwargs)
 
     def _unset_dims(self, net_args: dict[str, Any]) -> list[str]:
         """The data-given parameters of the network that `net_args` leaves unset."""
