@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from model.model_interface import MInterface
-from trust import load_checkpoint
+from trust import load_checkpoint, shown
 from utils import ConfigError, did_you_mean
 
 __all__ = ["DEFAULT_FORMATS", "FORMATS", "example_input", "export", "load_network", "onnx_missing"]
@@ -37,6 +38,9 @@ FIXED_INPUT_SIZES = {"linear": 1}
 ONNX_PACKAGES = ("onnx", "onnxscript")
 # Above this many bytes of weights, ONNX keeps them in a `model.onnx.data` file next to the graph (protobuf's limit).
 ONNX_INLINE_LIMIT = 2**31 - 2**26
+# The largest example input traced (a 3 x 8192 x 8192 image is 2e8 values); a checkpoint's shape could ask for more.
+MAX_EXAMPLE_VALUES = 2**28
+MAX_INPUT_AXES = 8
 
 
 def example_input(hparams: Mapping[str, Any], input_shape: Sequence[int] | None = None) -> torch.Tensor | None:
@@ -46,9 +50,9 @@ def example_input(hparams: Mapping[str, Any], input_shape: Sequence[int] | None 
     [1, C, H, W], `input_size` a flat [1, input_size], and the straight line `linear` takes [1, 1]. None when
     they do not tell, as for conv nets that take images of any size and keep only `in_channels`.
     """
-    net_args = hparams.get("net_args") or {}
+    net_args = hparams.get("net_args") if isinstance(hparams.get("net_args"), dict) else {}
     if input_shape is not None:
-        shape = list(input_shape)
+        shape = list(input_shape) if isinstance(input_shape, (list, tuple)) else [input_shape]
     elif net_args.get("in_channels") is not None and net_args.get("image_size") is not None:
         size = net_args["image_size"]
         shape = [net_args["in_channels"], *([size, size] if isinstance(size, int) else size)]
@@ -58,8 +62,13 @@ def example_input(hparams: Mapping[str, Any], input_shape: Sequence[int] | None 
         shape = [FIXED_INPUT_SIZES[hparams["net"]]]
     else:
         return None
-    if not shape or min(shape) < 1:
-        raise ConfigError(f"input_shape must be one input's sizes, each >= 1 (no batch axis), got {shape}")
+    if not 0 < len(shape) <= MAX_INPUT_AXES or not all(type(size) is int and size >= 1 for size in shape):
+        got = ", ".join(shown(size) for size in shape[:MAX_INPUT_AXES]) + (", ..." * (len(shape) > MAX_INPUT_AXES))
+        raise ConfigError(
+            f"input_shape must be one input's sizes, 1 to {MAX_INPUT_AXES} integers >= 1 (no batch axis), got [{got}]"
+        )
+    if math.prod(shape) > MAX_EXAMPLE_VALUES:
+        raise ConfigError(f"input_shape {shape} is more than {MAX_EXAMPLE_VALUES:,} values for one input: too large")
     return torch.randn(1, *shape)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.callbacks import ProgressBar as LightningProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
@@ -39,6 +39,7 @@ from callbacks import (
     ResumableCheckpoint,
     TrainingSummary,
 )
+from callbacks.checkpointing import check_checkpoint_reading, with_checked_loading
 from data.data_interface import DInterface, item_ids
 from model.model_interface import DATA_DIMS, MInterface
 from trust import check_config, load_checkpoint, load_yaml_file
@@ -228,8 +229,9 @@ class TemplateCLI(LightningCLI):
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        fit = LightningCLI.subcommands()["fit"]
-        return {**LightningCLI.subcommands(), **{name: fit | {"dataloaders"} | skip for name, skip in FINDERS.items()}}
+        # No `--weights_only`: every checkpoint is read weights-only (AtomicCheckpointIO), whatever a config says.
+        base = {name: skip | {"weights_only"} for name, skip in LightningCLI.subcommands().items()}
+        return {**base, **{name: base["fit"] | {"dataloaders"} | skip for name, skip in FINDERS.items()}}
 
     def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
         # As LightningCLI's own, except that the finders' arguments come from `Tuner` rather than `Trainer`.
@@ -321,7 +323,9 @@ class TemplateCLI(LightningCLI):
                 f"--trainer.accelerator {config['accelerator']}: this machine has no CUDA GPU that torch can use "
                 "(see python main.py env); use --trainer.accelerator auto or cpu"
             )
+        config["plugins"] = with_checked_loading(config.get("plugins"))
         trainer = self._instantiate_trainer(config, [c for c in callbacks if c is not None])
+        check_checkpoint_reading(trainer.strategy)
         if trainer.logger is not None:
             # Fix the run's version now: ddp_spawn's processes would otherwise each pick a new one, per stage.
             trainer.logger.version  # noqa: B018
@@ -362,7 +366,9 @@ class TemplateCLI(LightningCLI):
         return {"suggested_batch_size": size}
 
     def after_fit(self) -> None:
-        best = self.trainer.checkpoint_callback.best_model_path or None
+        # The first ModelCheckpoint (ours, unless the user added one): other Checkpoint callbacks keep no best.
+        saving = [c for c in self.trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+        best = (saving[0].best_model_path if saving else "") or None
         if isinstance(self.trainer.strategy.launcher, _MultiProcessingLauncher) and best:
             # ddp_spawn trained copies of the model in child processes, which also saved the config without
             # telling this one: take the trained network from its checkpoint.

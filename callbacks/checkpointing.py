@@ -14,10 +14,12 @@ import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
+from lightning.pytorch.strategies import Strategy
 from lightning.pytorch.trainer.states import TrainerFn
 
 from callbacks._console import print_line
+from trust import load_checkpoint
 from utils import ConfigError
 
 
@@ -27,11 +29,13 @@ class TrainingDiverged(ConfigError):
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file beside the target, fsyncs it and renames it onto the target, so
-    that a crash or Ctrl+C mid-write leaves the previous checkpoint intact. Use with `trainer.plugins`.
+    that a crash or Ctrl+C mid-write leaves the previous checkpoint intact; reads every checkpoint that the trainer
+    loads (resuming, `ckpt_path` of validate/test/predict, the best one after fit) as `trust.load_checkpoint` does,
+    whatever `weights_only` Lightning asks for. Use with `trainer.plugins`; main.py always does.
 
     Lightning's own save goes through an fsspec transaction whose temporary file lives in the system temp dir (so on
     another filesystem the final move is a copy a crash can truncate) and fsyncs nothing.
-    Remote paths (s3://...) are saved by Lightning's own method. Loading is TorchCheckpointIO's.
+    Remote paths (s3://...) are saved by Lightning's own method, and not read back.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
@@ -55,6 +59,40 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise
         _fsync_directory(path.parent)
         return None
+
+    def load_checkpoint(
+        self, path: _PATH, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """The checkpoint at `path` as `trust.load_checkpoint` reads it: onto the CPU, and weights-only always. Bare
+        weights are accepted too: ddp_spawn hands the trained ones back to the main process so."""
+        return load_checkpoint(path, option="checkpoint", weights_alone=True)
+
+
+def with_checked_loading(plugins: Any) -> list[Any]:
+    """`trainer.plugins` as a list that holds this template's CheckpointIO, through which the trainer reads every
+    checkpoint: added when the plugins given have none; any other CheckpointIO is refused."""
+    plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    for plugin in plugins:
+        if isinstance(plugin, CheckpointIO) and not isinstance(plugin, AtomicCheckpointIO):
+            raise ConfigError(
+                f"trainer.plugins: {type(plugin).__name__} would read checkpoints without this template's checks "
+                "(trust.py); leave it out: callbacks.AtomicCheckpointIO reads and writes them"
+            )
+    if not any(isinstance(plugin, AtomicCheckpointIO) for plugin in plugins):
+        plugins.append(AtomicCheckpointIO())
+    return plugins
+
+
+def check_checkpoint_reading(strategy: Strategy) -> None:
+    """Raise a ConfigError unless `strategy` reads checkpoints through AtomicCheckpointIO. Some (FSDP, DeepSpeed)
+    read them their own way, with plain unpickling."""
+    if type(strategy).load_checkpoint is not Strategy.load_checkpoint or not isinstance(
+        strategy.checkpoint_io, AtomicCheckpointIO
+    ):
+        raise ConfigError(
+            f"trainer.strategy {type(strategy).__name__} reads checkpoints its own way, without this template's "
+            "checks (trust.py): use a single device, ddp or ddp_spawn"
+        )
 
 
 def _fsync_directory(path: Path) -> None:

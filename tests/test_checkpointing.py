@@ -114,10 +114,10 @@ def test_a_failed_save_leaves_the_previous_checkpoint_intact(
 
 def test_a_save_replaces_the_checkpoint_and_creates_its_directory(tmp_path: Path) -> None:
     io, path = AtomicCheckpointIO(), tmp_path / "run" / "checkpoints" / "last.ckpt"
-    io.save_checkpoint({"global_step": 1}, path)
-    io.save_checkpoint({"global_step": 2}, path)
-    assert load(path) == {"global_step": 2}
-    assert io.load_checkpoint(path) == {"global_step": 2}
+    io.save_checkpoint({"state_dict": {}, "global_step": 1}, path)
+    io.save_checkpoint({"state_dict": {}, "global_step": 2}, path)
+    assert load(path) == {"state_dict": {}, "global_step": 2}
+    assert io.load_checkpoint(path) == {"state_dict": {}, "global_step": 2}
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
 
 

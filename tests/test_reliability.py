@@ -184,10 +184,12 @@ class Payload:
 
 def test_a_crafted_checkpoint_is_refused_without_running_its_code(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
-    crafted = tmp_path / "crafted.ckpt"
-    crafted.write_bytes(pickle.dumps({"state_dict": {}, "hyper_parameters": Payload(marker)}))
-    for args in (("test", "--ckpt_path", str(crafted)), ("--model", "mlp", "--ckpt_path", str(crafted))):
-        run = run_main(*args, cwd=tmp_path)
-        assert run.returncode == 2 and "refused" in run.stderr and "weights-only" in run.stderr, run.stderr[-2000:]
-        assert "Traceback" not in run.stderr
+    zipped, raw = tmp_path / "zipped.ckpt", tmp_path / "raw.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": Payload(marker)}, zipped)  # torch.save's format
+    raw.write_bytes(pickle.dumps({"state_dict": {}, "hyper_parameters": Payload(marker)}))  # any other
+    for crafted, refusal in ((zipped, "does not load with weights-only unpickling"), (raw, "is not the zip archive")):
+        for args in (("test", "--ckpt_path", str(crafted)), ("--model", "mlp", "--ckpt_path", str(crafted))):
+            run = run_main(*args, cwd=tmp_path)
+            assert run.returncode == 2 and f"refused, it {refusal}" in run.stderr, run.stderr[-2000:]
+            assert "Traceback" not in run.stderr
     assert not marker.exists()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pickle
 import re
 import sys
 import textwrap
+import zipfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +18,16 @@ import yaml
 from conftest import Run, run_main
 from jsonargparse import ArgumentParser
 from lightning.pytorch.cli import instantiate_module
+from lightning.pytorch.plugins.environments import LightningEnvironment
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.strategies import SingleDeviceStrategy
+from torch._utils import _rebuild_device_tensor_from_cpu_tensor
 
+from callbacks.checkpointing import AtomicCheckpointIO, check_checkpoint_reading, with_checked_loading
 from data.data_interface import DInterface
+from export import example_input
 from model.model_interface import MInterface
-from trust import MAX_DEPTH, load_checkpoint, load_yaml
+from trust import MAX_DEPTH, load_checkpoint, load_yaml, pickle_calls, shown
 from utils import ConfigError
 
 CLASS_PATH_REFUSED = "a class_path ('subprocess.Popen') where a plain value is expected"
@@ -135,6 +144,15 @@ def test_yaml_nested_beyond_reason_is_refused() -> None:
             load_yaml("[" * depth + "]" * depth, "deep.yaml")
 
 
+def test_yaml_numbers_and_sizes_beyond_any_setting_are_refused() -> None:
+    with pytest.raises(ConfigError, match="huge.yaml is not valid YAML: Exceeds the limit"):
+        load_yaml("seed: " + "9" * 5000, "huge.yaml")
+    with pytest.raises(ConfigError, match=r"sexagesimal\.yaml: seed: a number of \d+ bits, more than any setting"):
+        load_yaml("seed: " + ":".join(["1"] * 40), "sexagesimal.yaml")  # YAML 1.1 reads base 60
+    with pytest.raises(ConfigError, match="more than 131,072 characters of YAML"):
+        load_yaml("a: 1\n" * 30_000, "long.yaml")
+
+
 def test_yaml_tags_that_would_build_python_objects_are_refused(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     with pytest.raises(ConfigError, match="not valid YAML"):
@@ -209,6 +227,155 @@ def test_a_checkpoint_bomb_of_shared_references_is_refused_at_once(tmp_path: Pat
         load_checkpoint(bomb)
     with pytest.raises(ConfigError, match="billion laughs"):
         MInterface.load_from_checkpoint(bomb)
+
+
+class Calls:
+    """Pickles as a call of `function(*args)`, as a crafted checkpoint would hold it."""
+
+    def __init__(self, function: Any, *args: Any) -> None:
+        self.function, self.args = function, args
+
+    def __reduce__(self) -> tuple:
+        return self.function, self.args
+
+
+@pytest.mark.parametrize(
+    ("name", "call"),
+    [
+        ("bytearray", Calls(bytearray, 2**40)),
+        ("FloatTensor", Calls(torch.FloatTensor, 2**38)),
+        ("UntypedStorage", Calls(torch.UntypedStorage, 2**40)),
+        ("_rebuild_device_tensor_from_cpu_tensor", Calls(_rebuild_device_tensor_from_cpu_tensor, torch.zeros(2))),
+    ],
+)
+def test_a_checkpoint_that_calls_more_than_tensors_and_dicts_is_refused_before_unpickling(
+    tmp_path: Path, plain_checkpoint: Path, name: str, call: Calls
+) -> None:
+    # All but the last take a terabyte when unpickled, from a file of a few kilobytes; weights-only allows them all.
+    bomb = crafted(plain_checkpoint, tmp_path / f"{name}.ckpt", lambda c: c.update(bomb=call))
+    with pytest.raises(
+        ConfigError, match=rf"refused, it does not load with weights-only unpickling: it calls \S*{name},"
+    ):
+        load_checkpoint(bomb)
+
+
+def test_what_a_pickle_calls_is_read_off_its_opcodes() -> None:
+    state = {"nested": [OrderedDict(a=1), {2, 3}], "memory": Calls(bytearray, 10), "again": Calls(bytearray, 20)}
+    assert pickle_calls(pickle.dumps(state, protocol=2)) == {
+        "collections.OrderedDict",
+        "builtins.set",
+        "builtins.bytearray",
+    }
+    assert pickle_calls(pickle.dumps(state, protocol=5)) == {"?"}  # names pushed as strings: not what torch.save writes
+    with pytest.raises(ValueError, match="REDUCE finds too few values"):
+        pickle_calls(b"\x80\x02R.")
+
+
+def test_a_checkpoint_in_another_format_than_torch_saves_is_refused_or_unreadable(
+    tmp_path: Path, plain_checkpoint: Path
+) -> None:
+    bare = tmp_path / "bare.ckpt"
+    bare.write_bytes(pickle.dumps({"state_dict": {}}))
+    with pytest.raises(ConfigError, match="refused, it is not the zip archive that torch.save writes but a bare"):
+        load_checkpoint(bare)
+    squeezed = tmp_path / "squeezed.ckpt"
+    with zipfile.ZipFile(plain_checkpoint) as source, zipfile.ZipFile(squeezed, "w", zipfile.ZIP_DEFLATED) as target:
+        for member in source.infolist():
+            target.writestr(member.filename, source.read(member))
+    with pytest.raises(ConfigError, match="refused, torch.save never compresses"):
+        load_checkpoint(squeezed)
+    for name, data in {"empty": b"", "truncated": plain_checkpoint.read_bytes()[:1000]}.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ConfigError, match="not a readable checkpoint"):
+            load_checkpoint(tmp_path / name)
+    with pytest.raises(ConfigError, match="read from local files only"):
+        load_checkpoint("https://example.com/model.ckpt")
+
+
+def test_bare_weights_load_only_where_lightning_hands_them_back(tmp_path: Path) -> None:
+    weights = tmp_path / "weights.ckpt"
+    torch.save(MInterface(net="linear").state_dict(), weights)  # what ddp_spawn's processes hand back
+    assert set(AtomicCheckpointIO().load_checkpoint(weights)) == {"net.weight", "net.bias"}
+    with pytest.raises(ConfigError, match="not a Lightning checkpoint"):
+        load_checkpoint(weights)
+
+
+def test_a_strategy_that_reads_checkpoints_its_own_way_is_refused() -> None:
+    class OwnReading(SingleDeviceStrategy):
+        def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict:
+            return torch.load(checkpoint_path, weights_only=False)
+
+    check_checkpoint_reading(SingleDeviceStrategy("cpu", checkpoint_io=AtomicCheckpointIO()))
+    for strategy in (SingleDeviceStrategy("cpu"), OwnReading("cpu", checkpoint_io=AtomicCheckpointIO())):
+        with pytest.raises(ConfigError, match="reads checkpoints its own way"):
+            check_checkpoint_reading(strategy)
+
+
+def test_a_hostile_value_is_shown_cut_short_in_the_error(tmp_path: Path, plain_checkpoint: Path) -> None:
+    huge = "subprocess.Popen" + "x" * 10**6
+    evil = crafted(plain_checkpoint, tmp_path / "evil.ckpt", lambda c: c["hyper_parameters"].update(_class_path=huge))
+    with pytest.raises(ConfigError, match="name code to run") as refused:
+        load_checkpoint(evil)
+    assert len(str(refused.value)) < 500
+    assert shown(2**100) == "a number of 101 bits" and shown(torch.zeros(10**6)) == "a Tensor"
+
+
+def _checkpoint_state(checkpoint: dict) -> dict:
+    return next(state for key, state in checkpoint["callbacks"].items() if key.startswith("ModelCheckpoint"))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "refusal"),
+    [
+        ("best_model_path", "http://example.com/evil.ckpt", "not a local file name"),
+        ("last_model_path", "runs/x/checkpoints/../../../../home/user/thesis.tex", "climbs out of its folder"),
+        ("best_k_models", {"ckpts/../../../etc/important": 0.1}, "climbs out of its folder"),
+        ("kth_best_model_path", 3, "not a local file name"),
+    ],
+)
+def test_a_checkpoint_whose_callback_state_names_files_to_fetch_or_delete_elsewhere_is_refused(
+    tmp_path: Path, plain_checkpoint: Path, key: str, value: Any, refusal: str
+) -> None:
+    # Lightning reads the best checkpoint after fit, and deletes an old last or top-k one when it saves a new one.
+    evil = crafted(plain_checkpoint, tmp_path / "evil.ckpt", lambda c: _checkpoint_state(c).update({key: value}))
+    with pytest.raises(ConfigError, match=f"the state of callback ModelCheckpoint.* names .*{refusal}: refused"):
+        load_checkpoint(evil)
+
+
+def test_a_checkpoint_of_a_run_under_a_parent_folder_still_loads(tmp_path: Path, plain_checkpoint: Path) -> None:
+    def elsewhere(checkpoint: dict) -> None:
+        _checkpoint_state(checkpoint).update(
+            dirpath="../experiments/line/checkpoints", best_model_path="../experiments/line/checkpoints/best.ckpt"
+        )
+
+    assert load_checkpoint(crafted(plain_checkpoint, tmp_path / "moved.ckpt", elsewhere))["state_dict"]
+
+
+def test_the_trainer_reads_every_checkpoint_through_the_checks_whatever_weights_only_it_is_given(
+    tmp_path: Path, plain_checkpoint: Path
+) -> None:
+    marker = tmp_path / "ran"
+    evil = crafted(plain_checkpoint, tmp_path / "evil.ckpt", lambda c: c.update(x=Calls(Path.touch, marker)))
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, plugins=[AtomicCheckpointIO()])
+    with pytest.raises(ConfigError, match="refused, it does not load with weights-only unpickling"):
+        trainer.validate(MInterface(), datamodule=DInterface(), ckpt_path=evil, weights_only=False)
+    assert not marker.exists()
+
+
+def test_the_trainer_always_gets_the_checking_checkpoint_io() -> None:
+    environment = LightningEnvironment()
+    assert [type(p) for p in with_checked_loading(None)] == [AtomicCheckpointIO]
+    assert [type(p) for p in with_checked_loading(environment)] == [LightningEnvironment, AtomicCheckpointIO]
+    ours = AtomicCheckpointIO()
+    assert with_checked_loading([ours, "bf16-mixed"]) == [ours, "bf16-mixed"]
+    with pytest.raises(ConfigError, match="trainer.plugins: TorchCheckpointIO would read checkpoints without"):
+        with_checked_loading([environment, TorchCheckpointIO()])
+
+
+def test_a_hostile_example_input_shape_is_refused_before_it_allocates() -> None:
+    for shape in ([2**20, 2**20], [3, "28"], [1.5]):
+        with pytest.raises(ConfigError, match="input_shape"):
+            example_input({"net": "cnn", "net_args": {}}, shape)
 
 
 def test_load_from_checkpoint_reads_hparams_file_safely_and_only_weights_only(
@@ -331,3 +498,30 @@ def test_a_yaml_alias_bomb_fails_fast_with_a_clear_error(tmp_path: Path, source:
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-3000:]
     assert "more than 100,000 values" in run.stderr and "billion laughs" in run.stderr
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_the_command_line_cannot_turn_weights_only_loading_off_or_drop_the_checking_checkpoint_io(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "unsafe.yaml").write_text("weights_only: false\n")
+    for unsafe in (("--weights_only", "false"), ("--config", "unsafe.yaml")):
+        run = run_main("fit", "--model", "linear", *unsafe, cwd=tmp_path)
+        assert run.returncode == 2 and "weights_only" in run.stderr.splitlines()[-1], run.stderr[-2000:]
+    io = "lightning.pytorch.plugins.io.TorchCheckpointIO"
+    run = run_main("--model", "linear", "--trainer.plugins", io, cwd=tmp_path)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert "error: trainer.plugins: TorchCheckpointIO would read checkpoints without" in run.stderr
+    assert not (tmp_path / "runs").exists()
+    # Plugins of other kinds, and checkpoint callbacks of the user's own, keep the checking CheckpointIO (main.py
+    # refuses to train without it).
+    run = run_main(
+        "--model", "linear", "--trainer.max_epochs=3", "--trainer.plugins",
+        "lightning.pytorch.plugins.environments.LightningEnvironment",
+        "--trainer.callbacks+=OnExceptionCheckpoint", "--trainer.callbacks.dirpath", "on_exception", cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (
+        "class_path: lightning.pytorch.plugins.environments.LightningEnvironment"
+        in (run.run_dir / "config.yaml").read_text()
+    )
