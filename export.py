@@ -50,7 +50,8 @@ def example_input(hparams: Mapping[str, Any], input_shape: Sequence[int] | None 
     [1, C, H, W], `input_size` a flat [1, input_size], and the straight line `linear` takes [1, 1]. None when
     they do not tell, as for conv nets that take images of any size and keep only `in_channels`.
     """
-    net_args = hparams.get("net_args") if isinstance(hparams.get("net_args"), dict) else {}
+    net_args = hparams.get("net_args")
+    net_args = net_args if isinstance(net_args, dict) else {}
     if input_shape is not None:
         shape = list(input_shape) if isinstance(input_shape, (list, tuple)) else [input_shape]
     elif net_args.get("in_channels") is not None and net_args.get("image_size") is not None:
@@ -63,7 +64,9 @@ def example_input(hparams: Mapping[str, Any], input_shape: Sequence[int] | None 
     else:
         return None
     if not 0 < len(shape) <= MAX_INPUT_AXES or not all(type(size) is int and size >= 1 for size in shape):
-        got = ", ".join(shown(size) for size in shape[:MAX_INPUT_AXES]) + (", ..." * (len(shape) > MAX_INPUT_AXES))
+        got = ", ".join(shown(size) for size in shape[:MAX_INPUT_AXES])
+        if len(shape) > MAX_INPUT_AXES:
+            got += ", ..."
         raise ConfigError(
             f"input_shape must be one input's sizes, 1 to {MAX_INPUT_AXES} integers >= 1 (no batch axis), got [{got}]"
         )

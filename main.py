@@ -42,7 +42,7 @@ from callbacks import (
 from callbacks.checkpointing import check_checkpoint_reading, with_checked_loading
 from data.data_interface import DInterface, item_ids
 from model.model_interface import DATA_DIMS, MInterface
-from trust import check_config, load_checkpoint, load_yaml_file
+from trust import check_checkpoint_file, check_config, load_checkpoint, load_yaml_file
 from utils import ROOT, ConfigError, available, find_class, run_dir
 
 # Lightning's learning-rate and batch-size finders, as subcommands that take the same options as `fit`.
@@ -275,7 +275,7 @@ class TemplateCLI(LightningCLI):
             raise ConfigError(f"--ckpt_path {ckpt_path}: no such file (or use last or best, the latest run's)")
         run = Path(ckpt_path).resolve().parents[1] if ckpt_path else None
         if ckpt_path:
-            load_checkpoint(ckpt_path)  # refused before LightningCLI parses its hyperparameters, if not plain
+            check_checkpoint_file(ckpt_path)  # refused before LightningCLI parses its hyperparameters, if not plain
         if self.config.subcommand == "fit" and runs is not None and run and run.parent == runs.resolve():
             logger.init_args.version = run.name.removeprefix("version_")
             self.save_config_kwargs["overwrite"] = True

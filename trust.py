@@ -16,6 +16,7 @@ Each is read as if a stranger wrote it, by guards that do not rely on one anothe
 
 from __future__ import annotations
 
+import itertools
 import pickle
 import pickletools
 import pkgutil
@@ -66,6 +67,9 @@ CHECKPOINT_PATH_KEYS = ("dirpath", "best_model_path", "last_model_path", "kth_be
 # What LightningCLI records in hyperparameters, and the only instantiator a checkpoint of this template may name.
 INSTANTIATOR_KEY, INSTANTIATOR = "_instantiator", "lightning.pytorch.cli.instantiate_module"
 HPARAMS_KEYS = ("hyper_parameters", "datamodule_hyper_parameters")
+# The checkpoint files this process has accepted (see `_file_key`): one command reads the same file several times
+# (the model's name, its hyperparameters, the trainer's load), and checks it once.
+_ACCEPTED: set[tuple[Any, ...]] = set()
 
 
 def trusted_imports() -> list[str]:
@@ -174,9 +178,15 @@ def _check_checkpoint_file_name(path: Any, where: str) -> None:
         return
     if not isinstance(path, str) or "://" in path:
         raise ConfigError(f"{where} names {shown(path)}, not a local file name: refused")
-    parts = Path(path).parts
-    if ".." in parts[next((i for i, part in enumerate(parts) if part != ".."), len(parts)) :]:
+    if ".." in itertools.dropwhile(lambda part: part == "..", Path(path).parts):  # `../runs/...` climbs no folder
         raise ConfigError(f"{where} names {shown(path)}, which climbs out of its folder: refused")
+
+
+def check_checkpoint_file(path: str | Path, option: str = "--ckpt_path") -> None:
+    """Raise a ConfigError unless `load_checkpoint` accepts the file; one it accepted before, unchanged since, is not
+    read again."""
+    if _file_key(path, weights_alone=False) not in _ACCEPTED:
+        load_checkpoint(path, option)
 
 
 def load_checkpoint(path: str | Path, option: str = "--ckpt_path", *, weights_alone: bool = False) -> dict[str, Any]:
@@ -187,7 +197,9 @@ def load_checkpoint(path: str | Path, option: str = "--ckpt_path", *, weights_al
         raise ConfigError(f"{where}: checkpoints are read from local files only; download it first")
     if not isinstance(path, (str, Path)) or not Path(path).is_file():
         raise ConfigError(f"{where}: no such file")
-    _check_archive(path, where)
+    key = _file_key(path, weights_alone)
+    if key not in _ACCEPTED:
+        _check_archive(path, where)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -197,8 +209,19 @@ def load_checkpoint(path: str | Path, option: str = "--ckpt_path", *, weights_al
         ) from error
     except (RuntimeError, EOFError, OSError, ValueError, RecursionError, MemoryError) as error:
         raise ConfigError(f"{where}: not a readable checkpoint ({type(error).__name__}: {error})") from error
-    check_checkpoint(checkpoint, where, weights_alone=weights_alone)
+    if key not in _ACCEPTED:
+        check_checkpoint(checkpoint, where, weights_alone=weights_alone)
+        _ACCEPTED.add(key)
     return checkpoint
+
+
+def _file_key(path: str | Path, weights_alone: bool) -> tuple[Any, ...]:
+    """What identifies a file's contents for `_ACCEPTED`: its path, size and modification time."""
+    try:
+        stat = Path(path).stat()
+    except (OSError, TypeError, ValueError):
+        return (path,)
+    return str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, weights_alone
 
 
 def _check_archive(path: str | Path, where: str) -> None:
@@ -227,7 +250,7 @@ def _check_archive(path: str | Path, where: str) -> None:
         except ValueError as error:
             raise ConfigError(f"{where}: not a readable checkpoint ({error})") from error
         if refused:
-            names = ", ".join(shown(name, limit=60).strip("'") for name in refused[:3])
+            names = ", ".join(name[:60] for name in refused[:3])
             raise ConfigError(
                 f"{where}: refused, it does not load with weights-only unpickling: it calls {names}, where a "
                 "checkpoint builds only tensors, dicts and plain values (anything else may run code or take all the "
@@ -288,7 +311,7 @@ def checked_load_arguments(
     full loader)."""
     if weights_only is False:
         raise ConfigError("checkpoints of this template load with weights-only unpickling only: drop weights_only")
-    load_checkpoint(checkpoint_path, option="checkpoint")
+    check_checkpoint_file(checkpoint_path, option="checkpoint")
     if hparams_file is None:
         return kwargs
     values = load_yaml_file(hparams_file)
