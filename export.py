@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from files import make_dir, write_atomically, write_error
 from model.model_interface import MInterface
 from trust import load_checkpoint, shown
 from utils import ConfigError, did_you_mean
@@ -111,7 +112,8 @@ def export(
     *,
     input_shape: Sequence[int] | None = None,
 ) -> dict[str, Path]:
-    """Write the checkpoint's network into `out_dir` (created) in each of `formats`; returns {format: file}.
+    """Write the checkpoint's network into `out_dir` (created) in each of `formats`; returns {format: file}. A folder
+    or file that cannot be written (a full disk, a file named `out_dir`) is a `utils.WriteError` naming it.
 
     `state_dict` is `model.pth` (`torch.save(net.state_dict())`), `torchscript` is `model.torchscript.pt`
     (`torch.jit.trace`, or `torch.jit.script` where tracing fails) and `onnx` is `model.onnx`, whose batch axis
@@ -143,18 +145,24 @@ def export(
             "or export state_dict alone"
         )
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     written = {}
     for name in dict.fromkeys(asked):
-        path = out / FORMATS[name]
-        if name == "state_dict":
-            torch.save(model.net.state_dict(), path)
-        elif name == "torchscript":
-            _torchscript(model.net, example).save(str(path))
-        else:
-            _onnx(model.net, example, path)
-        written[name] = path
+        written[name] = out / FORMATS[name]
+        _write(name, model.net, example, written[name])
     return written
+
+
+def _write(name: str, net: nn.Module, example: torch.Tensor | None, path: Path) -> None:
+    """`net` in the format `name` at `path`, written whole or not at all (but ONNX, which its exporter writes)."""
+    if name == "state_dict":
+        write_atomically(path, lambda file: torch.save(net.state_dict(), file))
+    elif name == "torchscript":
+        # Into memory first: TorchScript's own file writer aborts the whole process when the disk is full.
+        scripted = _torchscript(net, example).save_to_buffer()
+        write_atomically(path, lambda file: file.write(scripted))
+    else:
+        _onnx(net, example, path)
 
 
 def _torchscript(net: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
@@ -169,20 +177,26 @@ def _torchscript(net: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModul
 
 
 def _onnx(net: nn.Module, example: torch.Tensor, path: Path) -> None:
-    """`net` in ONNX at `path`, with a dynamic batch axis named `batch` on its input and output."""
+    """`net` in ONNX at `path`, with a dynamic batch axis named `batch` on its input and output. The exporter writes
+    the file itself (and its weights beside it when large), so a full disk can leave it cut short; the error says so."""
     size = sum(t.numel() * t.element_size() for t in net.state_dict().values())
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*'dynamic_axes' is not recommended", category=UserWarning)
-        torch.onnx.export(
-            net,
-            (example,),
-            str(path),
-            input_names=["input"],
-            output_names=["output"],
-            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-            external_data=size > ONNX_INLINE_LIMIT,
-            verbose=False,
-        )
+        try:
+            torch.onnx.export(
+                net,
+                (example,),
+                str(path),
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                external_data=size > ONNX_INLINE_LIMIT,
+                verbose=False,
+            )
+        except (OSError, RuntimeError) as error:
+            if (refused := write_error("write", path, error)) is None:
+                raise
+            raise refused from error
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import csv
 import inspect
+import io
 import json
 import math
+import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
@@ -27,7 +29,8 @@ from lightning.pytorch.callbacks import ProgressBar as LightningProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from lightning.pytorch.tuner import Tuner
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -40,10 +43,12 @@ from callbacks import (
     TrainingSummary,
 )
 from callbacks.checkpointing import check_checkpoint_reading, with_checked_loading
+from callbacks.run_directory import RunDirectory, requeued, run_of_job, slurm_job
 from data.data_interface import DInterface, item_ids
+from files import run_dir, write_atomically, write_error
 from model.model_interface import DATA_DIMS, MInterface
-from trust import check_checkpoint_file, check_config, load_checkpoint, load_yaml_file
-from utils import ROOT, ConfigError, available, find_class, run_dir
+from trust import check_checkpoint_file, check_config, load_checkpoint, load_yaml_file, shown
+from utils import ROOT, ConfigError, available, find_class
 
 # Lightning's learning-rate and batch-size finders, as subcommands that take the same options as `fit`.
 FINDERS = {
@@ -66,6 +71,8 @@ RUNS_DIR = "runs"
 ATOMIC_CHECKPOINTS = {"class_path": "callbacks.AtomicCheckpointIO"}
 # Models with at most this many parameter values get them printed and written to results.json.
 SMALL_MODEL = 16
+# The exit status of a run stopped by SIGTERM, as a shell reports a process that SIGTERM killed.
+SIGTERM_STATUS = 128 + signal.SIGTERM
 
 
 def _is_config_file(value: str) -> bool:
@@ -151,23 +158,91 @@ def _user_error_in(error: BaseException | None) -> ConfigError | None:
     return error
 
 
-def latest_checkpoint(runs: Path, kind: str) -> Path | None:
-    """The `last` or `best` checkpoint of the latest run under `runs` (runs/<model>/version_N); None if no run."""
-    versions = sorted(runs.glob("version_*/checkpoints/last.ckpt"), key=lambda p: int(p.parts[-3].split("_")[-1]))
-    if not versions:
+def latest_checkpoint(runs: Path, kind: str, *, set_aside: bool = False) -> Path | None:
+    """The `last` or `best` checkpoint of the latest run under `runs` (runs/<model>/version_N) that saved any; None
+    if none did. `last` is the newest checkpoint of that run that loads (`newest_loadable`, `set_aside` as there),
+    `best` the best one that it records. Folders not named version_N, such as a copy `version_2_backup`, are no
+    runs."""
+    saved = [
+        folder
+        for folder in runs.glob("version_*")
+        if folder.name.removeprefix("version_").isdecimal() and _checkpoints(folder / "checkpoints")
+    ]
+    if not saved:
         return None
-    last = versions[-1]
+    run = max(saved, key=lambda folder: int(folder.name.removeprefix("version_")))
+    found = newest_loadable(run / "checkpoints", set_aside=set_aside)
+    if found is None:
+        raise ConfigError(
+            f"--ckpt_path {kind}: no checkpoint of the latest run, {run}, loads (each is skipped above with the "
+            "reason); give one with --ckpt_path PATH, or leave --ckpt_path out to start a new run"
+        )
     if kind == "last":
-        return last
-    states = load_checkpoint(last).get("callbacks", {})
+        return found
+    states = load_checkpoint(found).get("callbacks", {})
     best = next((s.get("best_model_path") for k, s in states.items() if "Checkpoint{" in k), None)
     if not best or not Path(best).is_file():
-        raise ConfigError(f"--ckpt_path best: the run in {last.parents[1]} recorded no best checkpoint; use last")
+        raise ConfigError(f"--ckpt_path best: the run in {run} recorded no best checkpoint; use last")
     return Path(best)
+
+
+def newest_loadable(folder: Path, *, set_aside: bool = False) -> Path | None:
+    """The newest checkpoint in `folder` that `check_checkpoint_file` accepts: last.ckpt, or a SLURM pre-emption's
+    hpc_ckpt_N.ckpt when nothing was written after it. A crash can leave last.ckpt damaged, or someone may have put a
+    hostile file there: each one refused is skipped with a line on stderr that says why. With `set_aside` (training
+    resumes into `folder`), each is also renamed to `<name>.refused` once one loads, so that the run writes its
+    last.ckpt again, not a last-v1.ckpt. A file that cannot be read at all (no permission, an I/O error, too
+    little memory) is no damage to skip: that is an error."""
+    candidates = _checkpoints(folder)
+    candidates.sort(key=lambda path: (-path.lstat().st_mtime_ns, path.name != "last.ckpt"))
+    found, skipped = None, {}
+    for candidate in candidates:
+        try:
+            check_checkpoint_file(candidate)
+        except ConfigError as error:
+            if isinstance(error.__cause__, (OSError, MemoryError)):
+                raise
+            skipped[candidate] = str(error).removeprefix(f"--ckpt_path {candidate}: ")
+            continue
+        found = candidate
+        break
+    for path, reason in skipped.items():
+        if set_aside and found:
+            reason += f"; renamed to {_set_aside(path).name}"
+        print(f"Skipped {path}: {reason}", file=sys.stderr)
+    return found
+
+
+def _checkpoints(folder: Path) -> list[Path]:
+    """The checkpoints in `folder`, less hidden ones (a tuner's temporary checkpoints)."""
+    return [path for path in folder.glob("*.ckpt") if not path.name.startswith(".")]
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename `path` to `<name>.refused` (or `.refused-N`, never replacing a file) and return the new path."""
+    target = path.with_name(f"{path.name}.refused")
+    number = 0
+    while target.exists():
+        number += 1
+        target = path.with_name(f"{path.name}.refused-{number}")
+    return path.rename(target)
+
+
+class TemplateParser(LightningArgumentParser):
+    """LightningCLI's parser, whose errors are one `error:` line and a pointer to `--help`, not the usage first."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:  # a parse inside a parse, whose failure jsonargparse handles
+            super().error(message, ex)
+        prog = (getattr(ex, "subcommand_parser", None) or self).prog.replace(" [options]", "")
+        sys.stderr.write(f"error: {' '.join(message.split())}\n(python {prog} --help lists the options)\n")
+        self.exit(2)
 
 
 class TemplateCLI(LightningCLI):
     """LightningCLI with the chosen model's and dataset's arguments, our callbacks, and a report after each run."""
+
+    current: TemplateCLI | None = None  # the CLI of this process, for main()'s messages
 
     def __init__(self, model_name: str, data_name: str, **kwargs: Any) -> None:
         self.net_class = find_class("model", model_name, nn.Module)
@@ -177,12 +252,16 @@ class TemplateCLI(LightningCLI):
             "init_args": {"save_dir": RUNS_DIR, "name": model_name, "default_hp_metric": False},
         }
         self.results: dict[str, Any] = {}  # what results.json holds
+        self.phase = "setup"  # what the run is doing, for the message of a SIGTERM (see `stopped`)
+        TemplateCLI.current = self
         super().__init__(
             MInterface,
             DInterface,
             trainer_defaults={"logger": logger, "default_root_dir": RUNS_DIR, "plugins": [ATOMIC_CHECKPOINTS]},
             seed_everything_default=42,
             auto_configure_optimizers=False,
+            parser_class=TemplateParser,
+            save_config_callback=RunDirectory,
             **kwargs,
         )
 
@@ -261,11 +340,14 @@ class TemplateCLI(LightningCLI):
         # `--ckpt_path last|best` means the latest run of this model; `fit` from a checkpoint of a run goes on
         # in that run's directory. LightningCLI then applies the checkpoint's hyperparameters.
         section = self.config.get(str(self.config.get("subcommand")))
-        ckpt_path = section.get("ckpt_path") if section else None
-        logger = section.trainer.get("logger") if ckpt_path else None
+        logger = section.trainer.get("logger") if section else None
         runs = Path(logger.init_args.save_dir) / logger.init_args.name if hasattr(logger, "init_args") else None
+        if self.config.subcommand == "fit" and not section.get("ckpt_path") and runs is not None and requeued():
+            self._resume_requeued_job(section, runs)
+        ckpt_path = section.get("ckpt_path") if section else None
         if ckpt_path in ("last", "best") and runs is not None:
-            found = latest_checkpoint(runs, ckpt_path)
+            resuming = self.config.subcommand == "fit" and rank_zero_only.rank == 0  # one process renames
+            found = latest_checkpoint(runs, ckpt_path, set_aside=resuming)
             if found is None and (self.config.subcommand, ckpt_path) == ("fit", "last"):
                 print(f"No run under {runs} to resume: starting a new one")  # so a re-queued job can always resume
             elif found is None:
@@ -280,7 +362,47 @@ class TemplateCLI(LightningCLI):
             logger.init_args.version = run.name.removeprefix("version_")
             self.save_config_kwargs["overwrite"] = True
             print(f"Resuming {run.name} from {ckpt_path}")
+        given = self.config.clone()
         super()._parse_ckpt_path()
+        self._check_not_overridden(given)
+
+    def _resume_requeued_job(self, section: Any, runs: Path) -> None:
+        """Point a requeued SLURM job's `fit` at the newest checkpoint of the run it trained before (the same command,
+        requeued, goes on), or let it start a new run when it saved none."""
+        job = slurm_job()
+        run = run_of_job(runs, job)
+        found = newest_loadable(run / "checkpoints", set_aside=rank_zero_only.rank == 0) if run else None
+        if found is None:
+            print(f"SLURM requeued job {job}, which had saved no checkpoint under {runs}: starting a new run")
+            return
+        print(f"SLURM requeued job {job}: it goes on with its run {run}")
+        section.ckpt_path = str(found)
+
+    def _check_not_overridden(self, given: Any) -> None:
+        """Compare the `model` options as given with those the checkpoint's hyperparameters replaced (LightningCLI
+        applies them last): one given on the command line is a ConfigError, rather than a run at another value than
+        the one asked; those of config files are listed in one line."""
+        subcommand = str(self.config.get("subcommand"))
+        before, after = (dict(config[subcommand].model.items()) for config in (given, self.config))
+        replaced = {
+            key: (value, after.get(key))
+            for key, value in before.items()
+            if value is not None and value != after.get(key)
+        }
+        asked = {arg.partition("=")[0].removeprefix("--model.") for arg in sys.argv[1:] if arg.startswith("--model.")}
+        for key, (value, held) in sorted(replaced.items()):
+            if key in asked or any(key.startswith(f"{option}.") for option in asked):
+                raise ConfigError(
+                    f"--model.{key} {shown(value)}: the checkpoint of --ckpt_path has model.{key} {shown(held)}, and a "
+                    "checkpoint's hyperparameters replace the command line's; drop the option (or train a new run "
+                    "with it)"
+                )
+        if replaced:
+            shown_all = [
+                f"model.{key} {shown(value)} -> {shown(held)}" for key, (value, held) in sorted(replaced.items())
+            ]
+            more = f" and {len(shown_all) - 5} more" if len(shown_all) > 5 else ""
+            print(f"The checkpoint's hyperparameters replace the config's {', '.join(shown_all[:5])}{more}")
 
     def before_instantiate_classes(self) -> None:
         # What the config files, the command line and a checkpoint's hyperparameters gave, before anything is built.
@@ -324,6 +446,10 @@ class TemplateCLI(LightningCLI):
                 "(see python main.py env); use --trainer.accelerator auto or cpu"
             )
         config["plugins"] = with_checked_loading(config.get("plugins"))
+        logger = config.get("logger")
+        if config.get("default_root_dir") == RUNS_DIR and getattr(logger, "log_dir", None):
+            # Where Lightning writes the checkpoint of a SLURM pre-emption (SIGUSR1): beside this run's last.ckpt.
+            config["default_root_dir"] = str(Path(logger.log_dir) / "checkpoints")
         trainer = self._instantiate_trainer(config, [c for c in callbacks if c is not None])
         check_checkpoint_reading(trainer.strategy)
         if trainer.logger is not None:
@@ -365,7 +491,44 @@ class TemplateCLI(LightningCLI):
         print(f"Suggested batch size: {size}")
         return {"suggested_batch_size": size}
 
+    def before_fit(self) -> None:
+        self.phase = "fit"
+
+    def before_validate(self) -> None:
+        self.phase = "validate"
+
+    def before_test(self) -> None:
+        self.phase = "test"
+
+    def before_predict(self) -> None:
+        self.phase = "predict"
+
+    def stopped(self) -> str:
+        """What a SIGTERM stopped, what was kept and what was not done, in one line."""
+        trainer = getattr(self, "trainer", None)
+        if self.phase == "fit" and trainer is not None and trainer.global_step > 0 and trainer.checkpoint_callback:
+            return (
+                f"stopped by SIGTERM at training step {trainer.global_step}; resume with the same command and "
+                f"--ckpt_path last ({trainer.checkpoint_callback.last_model_path or 'last.ckpt'})"
+            )
+        if self.phase == "after fit":
+            return (
+                "stopped by SIGTERM after training had finished (its checkpoints are kept): the validation and test "
+                "of the best checkpoint, results.json and model.pth were not done; run them with "
+                f"python main.py test --model {self.model.hparams.net} --ckpt_path best"
+            )
+        if self.phase in ("fit", "setup"):
+            return "stopped by SIGTERM before the first training step; nothing was saved"
+        return f"stopped by SIGTERM during {self.phase}; its results were not written"
+
+    def _stop_if_terminated(self) -> None:
+        """Raise the SIGTERM that the trainer received where it does not stop for one (the last batch, predict)."""
+        if self.trainer.received_sigterm:
+            raise SIGTERMException
+
     def after_fit(self) -> None:
+        self.phase = "after fit"
+        self._stop_if_terminated()
         # The first ModelCheckpoint (ours, unless the user added one): other Checkpoint callbacks keep no best.
         saving = [c for c in self.trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
         best = (saving[0].best_model_path if saving else "") or None
@@ -380,21 +543,27 @@ class TemplateCLI(LightningCLI):
         # Training metrics and the best validation accuracy exist only now, before validate/test replace them.
         results: dict[str, Any] = {"best_checkpoint": best, "fit": self._metrics("")}
         results["validation"] = self.trainer.validate(**run, verbose=False)[0]
+        self._stop_if_terminated()
         if self._get(self.config, "test_after_fit"):
             results["test"] = self.trainer.test(**run)[0]
+            self._stop_if_terminated()
         if directory := run_dir(self.trainer):
             # Seed 001's save step: the best network's weights, loadable without Lightning.
             results["state_dict"] = str(directory / "model.pth")
-            torch.save(self.model.net.state_dict(), results["state_dict"])
+            weights = self.model.net.state_dict()
+            write_atomically(Path(results["state_dict"]), lambda file: torch.save(weights, file))
         self._report(results)
 
     def after_validate(self) -> None:
+        self._stop_if_terminated()
         self._report({"validation": self._metrics("val/")})
 
     def after_test(self) -> None:
+        self._stop_if_terminated()
         self._report({"test": self._metrics("test/")})
 
     def after_predict(self) -> None:
+        self._stop_if_terminated()
         outputs = torch.cat(self.trainer.predict_loop.predictions).float()
         results: dict[str, Any] = {"num_predictions": len(outputs)}
         if directory := run_dir(self.trainer):
@@ -405,30 +574,23 @@ class TemplateCLI(LightningCLI):
     def _write_predictions(self, outputs: torch.Tensor, path: Path) -> None:
         """One row per predicted item: its id, and the predicted class, its name and probability, or the values."""
         ids = item_ids(self.datamodule.predict_set)
-        with path.open("w", newline="") as file:
-            writer = csv.writer(file)
-            if self.model.classification:
-                # CrossEntropyLoss takes logits, NLLLoss log-probabilities: both become probabilities here.
-                probabilities = outputs.exp() if self.model.hparams.loss == "NLLLoss" else outputs.softmax(dim=1)
-                probability, predicted = probabilities.max(dim=1)
-                classes = self.datamodule.classes or [str(i) for i in range(outputs.shape[1])]
-                writer.writerow(["id", "prediction", "class", "probability"])
-                for row in zip(ids, predicted.tolist(), probability.tolist(), strict=True):
-                    writer.writerow([row[0], row[1], classes[row[1]], f"{row[2]:.6g}"])
-            else:
-                values = outputs.flatten(1)
-                writer.writerow(
-                    [
-                        "id",
-                        *(
-                            ["prediction"]
-                            if values.shape[1] == 1
-                            else [f"prediction_{i}" for i in range(values.shape[1])]
-                        ),
-                    ]
-                )
-                for item, row in zip(ids, values.tolist(), strict=True):
-                    writer.writerow([item, *(f"{v:.6g}" for v in row)])
+        rows = io.StringIO()
+        writer = csv.writer(rows)
+        if self.model.classification:
+            # CrossEntropyLoss takes logits, NLLLoss log-probabilities: both become probabilities here.
+            probabilities = outputs.exp() if self.model.hparams.loss == "NLLLoss" else outputs.softmax(dim=1)
+            probability, predicted = probabilities.max(dim=1)
+            classes = self.datamodule.classes or [str(i) for i in range(outputs.shape[1])]
+            writer.writerow(["id", "prediction", "class", "probability"])
+            for row in zip(ids, predicted.tolist(), probability.tolist(), strict=True):
+                writer.writerow([row[0], row[1], classes[row[1]], f"{row[2]:.6g}"])
+        else:
+            values = outputs.flatten(1)
+            columns = ["prediction"] if values.shape[1] == 1 else [f"prediction_{i}" for i in range(values.shape[1])]
+            writer.writerow(["id", *columns])
+            for item, row in zip(ids, values.tolist(), strict=True):
+                writer.writerow([item, *(f"{v:.6g}" for v in row)])
+        write_atomically(path, lambda file: file.write(rows.getvalue().encode()))
 
     def _metrics(self, prefix: str) -> dict[str, float]:
         return {k: v.item() for k, v in self.trainer.callback_metrics.items() if k.startswith(prefix)}
@@ -453,7 +615,8 @@ class TemplateCLI(LightningCLI):
         directory = run_dir(self.trainer)
         if directory is None:
             return
-        (directory / "results.json").write_text(json.dumps(_finite(self.results), indent=2) + "\n")
+        text = json.dumps(_finite(self.results), indent=2) + "\n"
+        write_atomically(directory / "results.json", lambda file: file.write(text.encode()))
         final = {f"hp/{k}": v for part in ("fit", "validation", "test") for k, v in self.results.get(part, {}).items()}
         if self.trainer.logger is not None:
             self.trainer.logger.log_hyperparams({**self.datamodule.hparams, **self.model.hparams}, final or None)
@@ -485,12 +648,47 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(export.main(argv[1:]))
     argv = normalize_argv(argv)
     sys.argv[1:] = argv
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         TemplateCLI(*selected_names(argv))
     except (ConfigError, MisconfigurationException) as error:
         # Lightning's MisconfigurationException is a user's setting it cannot run with, e.g. a GPU on a CPU machine.
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except (OSError, RuntimeError) as error:
+        # What Lightning, TensorBoard or torch.save write themselves (the run directory, config.yaml, event files)
+        # where the disk is full, the place read-only or a file in the way.
+        if (refused := write_error("write", None, error)) is None:
+            raise
+        print(f"error: {refused}", file=sys.stderr)
+        sys.exit(2)
+    except UnicodeDecodeError as error:
+        # jsonargparse reads a file given as an option's value (a sub-config) as text without checking that it is.
+        print(f"error: {_binary_value(argv)} is not YAML text ({error.reason}); give a YAML file", file=sys.stderr)
+        sys.exit(2)
+    except SIGTERMException:
+        cli = TemplateCLI.current
+        print(f"error: {cli.stopped() if cli else 'stopped by SIGTERM before the run began'}", file=sys.stderr)
+        sys.exit(SIGTERM_STATUS)
+
+
+def _binary_value(argv: list[str]) -> str:
+    """The first option value in `argv` that names a file which is not UTF-8 text, other than a checkpoint."""
+    tokens = [part for token in argv for part in token.split("=", 1)]
+    for option, value in zip(tokens, tokens[1:], strict=False):
+        if option != "--ckpt_path" and Path(value).is_file():
+            try:
+                Path(value).read_bytes()[: 1 << 17].decode("utf-8")
+            except UnicodeDecodeError as error:
+                if error.start < (1 << 17) - 4:  # not a character cut in two at the end of what was read
+                    return f"{option} {value}"
+    return "a file given as an option's value"
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM outside the trainer's own handling (which stops at the next step and then raises the same)."""
+    if signal.getsignal(signal.SIGTERM) is _terminate:  # not called by the trainer's handler, which calls it too
+        raise SIGTERMException
 
 
 if __name__ == "__main__":

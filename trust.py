@@ -328,6 +328,11 @@ def load_yaml(text: str, where: str) -> Any:
         raise ConfigError(f"{where}: more than {MAX_YAML_CHARACTERS:,} characters of YAML, for a few settings: refused")
     try:
         value = _PARSER_YAML_LOADER(text)
+    except yaml.reader.ReaderError as error:  # a character no YAML text holds, as binary files do
+        raise ConfigError(
+            f"{where} is not YAML text: it holds the control character #x{error.character:02x} at position "
+            f"{error.position} (a binary file?); give a YAML file"
+        ) from error
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -343,8 +348,13 @@ def load_yaml(text: str, where: str) -> Any:
 def load_yaml_file(path: str | Path) -> Any:
     """The YAML file at `path`, as `load_yaml` reads it."""
     try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as error:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{path} is not YAML text: its byte {error.start} (0x{error.object[error.start]:02x}) is not UTF-8 text "
+            "(a binary file?); give a YAML file"
+        ) from error
+    except OSError as error:
         raise ConfigError(f"{path}: cannot be read as a YAML file ({error})") from error
     return load_yaml(text, str(path))
 

@@ -1,11 +1,13 @@
-"""Shared helpers: finding the class a model or dataset file defines, user-facing errors, the run directory."""
+"""Shared helpers: finding the class a model or dataset file defines and building it, and the user-facing errors."""
 
 from __future__ import annotations
 
 import difflib
 import importlib
 import inspect
+import json
 import pkgutil
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,22 @@ ROOT = Path(__file__).resolve().parent
 
 class ConfigError(ValueError):
     """A mistake the user can fix in the config or on the command line; main.py prints it without a traceback."""
+
+
+class DataError(ConfigError):
+    """Data that cannot be used as it is: a file that does not decode, images of different sizes, nan in the
+    validation data. Its message is one line naming the file or the split.
+
+    Raised in a DataLoader worker, it stays that line: torch rebuilds a worker's exception in the main process by
+    calling its class with "Caught DataError in DataLoader worker process 0. Original Traceback ...", the
+    worker's traceback ending in the original message, which is all this keeps.
+    """
+
+    def __init__(self, message: str) -> None:
+        if message.startswith(f"Caught {type(self).__name__} ") and "\nOriginal Traceback" in message:
+            last = message.rstrip("\n").rpartition("\n")[2]
+            message = last.removeprefix(f"{type(self).__module__}.{type(self).__qualname__}: ")
+        super().__init__(message)
 
 
 def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
@@ -64,15 +82,46 @@ def find_class(package: str, name: str, base: type) -> type:
     return candidates[0]
 
 
-def run_dir(trainer: Any) -> Path | None:
-    """The run directory that global rank 0 writes files into (created), or None on other ranks and when there is
-    none (fast_dev_run). As Lightning's `trainer.log_dir`, which must be called on every rank (it broadcasts):
-    this one can be called on rank 0 alone."""
-    if not trainer.is_global_zero:
-        return None
-    logger = trainer.logger
-    path = trainer.default_root_dir if logger is None else getattr(logger, "log_dir", None) or logger.save_dir
-    if not path:
-        return None
-    Path(path).mkdir(parents=True, exist_ok=True)
-    return Path(path)
+def construct(cls: type, what: str, option: str, args: dict[str, Any], **fixed: Any) -> Any:
+    """`cls(**fixed, **args)` for the user's dataset or network (`what`, e.g. "dataset 'line'"), `args` being the
+    values of the option `option` (data.dataset_args, model.net_args).
+
+    A ValueError, TypeError or AssertionError from the constructor, the ways plain Python code refuses an argument,
+    becomes a one-line ConfigError naming `what`, the arguments set (those that differ from the defaults) and the
+    line of `cls`'s file that raised it; a ConfigError passes as it is.
+    """
+    try:
+        return cls(**fixed, **args)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, AssertionError) as error:
+        parameters = inspect.signature(cls).parameters
+        given = [
+            f"--{option}.{name} {_shown(value)}"
+            for name, value in args.items()
+            if name not in parameters or _differs(value, parameters[name].default)
+        ]
+        source = inspect.getfile(cls)
+        frames = [frame for frame in traceback.extract_tb(error.__traceback__) if frame.filename == source]
+        reason = " ".join(str(error).split()) or (frames[-1].line if frames else "") or type(error).__name__
+        file = Path(frames[-1].filename) if frames else None
+        shown_file = file.relative_to(ROOT) if file and file.is_relative_to(ROOT) else file
+        where = f" ({shown_file}:{frames[-1].lineno})" if frames else ""
+        verb = f"refused {', '.join(given)}" if given else "failed with its default arguments"
+        raise ConfigError(f"{what} {verb}: {reason}{where}") from error
+
+
+def _differs(value: Any, default: Any) -> bool:
+    try:
+        return bool(value != default)
+    except (TypeError, ValueError, RuntimeError):  # a default that compares elementwise (an array, a tensor)
+        return True
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """`value` as it is written on the command line, cut short."""
+    try:
+        text = value if isinstance(value, str) else json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."

@@ -3,9 +3,7 @@ at the first non-finite loss, before it reaches the weights."""
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +15,12 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch.strategies import Strategy
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks._console import print_line
+from files import remove_stale_temporaries, write_atomically
 from trust import load_checkpoint
-from utils import ConfigError
+from utils import ConfigError, DataError
 
 
 class TrainingDiverged(ConfigError):
@@ -29,7 +29,9 @@ class TrainingDiverged(ConfigError):
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file beside the target, fsyncs it and renames it onto the target, so
-    that a crash or Ctrl+C mid-write leaves the previous checkpoint intact; reads every checkpoint that the trainer
+    that a crash, a Ctrl+C or a full disk mid-write leaves the previous checkpoint intact (a write refused is a
+    `utils.WriteError` naming the file and the system's reason; the temporary files of processes that died mid-save
+    are deleted by the next save into their folder); reads every checkpoint that the trainer
     loads (resuming, `ckpt_path` of validate/test/predict, the best one after fit) as `trust.load_checkpoint` does,
     whatever `weights_only` Lightning asks for. Use with `trainer.plugins`; main.py always does.
 
@@ -44,20 +46,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__}.save_checkpoint does not take storage_options")
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Not named *.ckpt, so that nothing takes a half-written file for a checkpoint.
-        temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(temporary, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                temporary.unlink()
-            raise
-        _fsync_directory(path.parent)
+        remove_stale_temporaries(path.parent, "*.ckpt")
+        # The temporary file is not named *.ckpt, so that nothing takes a half-written file for a checkpoint.
+        write_atomically(path, lambda file: torch.save(checkpoint, file))
         return None
 
     def load_checkpoint(
@@ -95,24 +86,16 @@ def check_checkpoint_reading(strategy: Strategy) -> None:
         )
 
 
-def _fsync_directory(path: Path) -> None:
-    """Make a rename in `path` durable; not possible everywhere (Windows cannot open a directory)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 class ResumableCheckpoint(ModelCheckpoint):
     """ModelCheckpoint that also writes `last.ckpt` when fitting fails (an exception, Ctrl+C, a diverged loss), so
-    that `--ckpt_path last` resumes from where training stopped, and says so in one line.
+    that `--ckpt_path last` resumes from where training stopped, and says so in one line. A SIGTERM (what
+    schedulers send before they kill a job) stops training at the next step and is such a failure.
 
     Only `last.ckpt` is written then, whatever `save_last` says (a real file even with `save_last: link`): the
     state at the failure is no best checkpoint. Nothing is written when no training step was taken, under
     fast_dev_run, or during the sanity check. On several devices it writes only for failures that every device
-    raises together (Ctrl+C, TrainingDiverged): saving needs all of them. Its arguments are ModelCheckpoint's.
+    raises together (Ctrl+C, TrainingDiverged): saving needs all of them. When that save fails too (a full disk), it
+    says so, and the error that stopped training is the one raised. Its arguments are ModelCheckpoint's.
 
     Args:
         dirpath: Directory of the checkpoints; by default `<run directory>/checkpoints`.
@@ -136,22 +119,34 @@ class ResumableCheckpoint(ModelCheckpoint):
         super().on_exception(trainer, pl_module, exception)
         if not self._should_save_for_resuming(trainer, exception):
             return
+        cause = "SIGTERM" if isinstance(exception, SIGTERMException) else type(exception).__name__
+        stopped = f"Training stopped by {cause} at step {trainer.global_step}"
         written = self._last_checkpoint_saved == self.last_model_path  # last.ckpt, not a link to it
         if not (written and self._last_global_step_saved == trainer.global_step):
             save_last, self.save_last = self.save_last, True
             try:
                 self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            except Exception as error:  # a full disk fails this save too: the error that stopped training must surface
+                print_line(
+                    trainer,
+                    f"{stopped}; saving last.ckpt failed as well ({_described(error)}); --ckpt_path last resumes from "
+                    "the newest checkpoint saved before",
+                )
+                return
             finally:
                 self.save_last = save_last
-        stopped = f"Training stopped by {type(exception).__name__} at step {trainer.global_step}"
         if isinstance(exception, TrainingDiverged):
             # Resuming would bring back the checkpoint's hyperparameters, and with them the divergence.
             print_line(trainer, f"{stopped}; the last finite weights are in {self.last_model_path}")
+        elif isinstance(exception, DataError):
+            print_line(trainer, f"{stopped}; fix the data, then resume with --ckpt_path last ({self.last_model_path})")
         else:
             print_line(trainer, f"{stopped}; resume with --ckpt_path last ({self.last_model_path})")
 
     def _should_save_for_resuming(self, trainer: pl.Trainer, exception: BaseException) -> bool:
-        together = isinstance(exception, (KeyboardInterrupt, TrainingDiverged)) or trainer.world_size == 1
+        # Lightning stops every device at the same step on a SIGTERM, as on Ctrl+C.
+        together = isinstance(exception, (KeyboardInterrupt, SIGTERMException, TrainingDiverged))
+        together = together or trainer.world_size == 1
         return (
             together
             and trainer.state.fn == TrainerFn.FITTING
@@ -161,6 +156,11 @@ class ResumableCheckpoint(ModelCheckpoint):
             and not trainer.sanity_checking
             and trainer.global_step > 0  # nothing to resume
         )
+
+
+def _described(error: Exception) -> str:
+    """`error` in a few words: a user's error (a full disk...) by its message, anything else with its type too."""
+    return str(error) if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}"
 
 
 class FiniteLossGuard(Callback):

@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from utils import run_dir
+from files import run_dir
 
 
 class ClassificationFigures(Callback):

@@ -8,7 +8,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import Dataset
 
-from utils import run_dir
+from files import run_dir
 
 
 def _stack(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:

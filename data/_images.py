@@ -7,8 +7,9 @@ from pathlib import Path
 
 import torch
 from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2.functional import rgb_to_grayscale
 
-from utils import ConfigError
+from utils import ConfigError, DataError
 
 
 def data_root(root: str, dataset: str, holds: str) -> Path:
@@ -25,12 +26,21 @@ _CPP_LOCATION = re.compile(r"^.*?\.cpp:\d+, ")  # the "decode_png, /path/decode_
 
 
 def load_image(path: Path, grayscale: bool) -> torch.Tensor:
-    """Decode `path` to a float32 C x H x W tensor in [0, 1] (C = 1 if `grayscale` else 3)."""
+    """Decode `path` to a float32 C x H x W tensor in [0, 1] (C = 1 if `grayscale` else 3).
+
+    An animated GIF is refused rather than cut to one frame: which frame shows the class is the user's choice.
+    """
     try:
         image = decode_image(str(path), mode=ImageReadMode.GRAY if grayscale else ImageReadMode.RGB)
     except RuntimeError as error:
         reason = _CPP_LOCATION.sub("", str(error))
-        raise ConfigError(
+        raise DataError(
             f"cannot decode image {path} ({reason}); replace it with a valid PNG, JPEG, GIF or WebP file"
         ) from error
+    if image.dim() == 4:
+        raise DataError(
+            f"image {path} is an animated GIF ({image.shape[0]} frames); save the frame to learn from as a still image"
+        )
+    if grayscale and image.shape[0] == 3:  # torchvision decodes GIFs to RGB whatever the mode asked
+        image = rgb_to_grayscale(image)
     return image.float() / torch.iinfo(image.dtype).max  # uint8, or uint16 for 16-bit PNGs

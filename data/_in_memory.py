@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from data._sampling import draws_of, seed_draws
+
 # The most bytes of tensors that `data.in_memory auto` holds (all splits together, per process).
 AUTO_LIMIT_BYTES = 2 * 1024**3
 
@@ -17,8 +19,8 @@ class InMemorySplit(Dataset):
 
     A DataLoader passes `__getitems__` the indices of a whole batch, drawn by its sampler as for any dataset (so
     shuffling, seeding and DDP sharding stay the sampler's), and gets the batch from two index operations instead
-    of one `__getitem__` per item and a collation. `transform`, when given, runs on each input in turn: a random
-    augmentation draws for every image, as it does in the per-item path.
+    of one `__getitem__` per item and a collation. `transform`, when given, runs on each input in turn, its random
+    draws seeded by the index's Draw (see data/_sampling.py) as in the per-item path.
 
     Args:
         inputs: All inputs of the split, stacked.
@@ -39,8 +41,13 @@ class InMemorySplit(Dataset):
         index = torch.as_tensor(indices, device=self.inputs.device)
         inputs = self.inputs[index]
         if self.transform is not None:
-            inputs = torch.stack([self.transform(x) for x in inputs])
+            with draws_of(indices, torch_only=True):
+                inputs = torch.stack([self._transformed(x, i) for x, i in zip(inputs, indices, strict=True)])
         return inputs, self.targets[index]
+
+    def _transformed(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        seed_draws(index, torch_only=True)  # the transform is torchvision's, which draws from torch alone
+        return self.transform(x)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, targets = self.__getitems__([index])
@@ -69,19 +76,24 @@ def fetch_items(dataset: Dataset, indices: list[int]) -> list[Any]:
 
 
 def stack_items(
-    dataset: Dataset, per_item: Callable | None = None, per_chunk: Callable | None = None, chunk: int = 1024
+    dataset: Dataset,
+    per_item: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    per_chunk: Callable | None = None,
+    chunk: int = 1024,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every item of `dataset` as (inputs, targets) tensors, `per_item` applied to each input (resizing, which
-    makes images of any size stack) and `per_chunk` to each stacked chunk of inputs (normalising).
+    """Every item of `dataset` as (inputs, targets) tensors, `per_item` applied to each input and its index
+    (resizing, which makes images of any size stack, or naming one that does not) and `per_chunk` to each stacked
+    chunk of inputs (normalising).
 
     Built a chunk at a time, so that memory peaks near the result's size, not at the size of every item as read;
     a chunk is fetched in one call when the dataset has `__getitems__`.
     """
     inputs, targets = [], []
     for start in range(0, len(dataset), chunk):
-        items = fetch_items(dataset, list(range(start, min(start + chunk, len(dataset)))))
+        indices = list(range(start, min(start + chunk, len(dataset))))
+        items = fetch_items(dataset, indices)
         if per_item is not None:
-            items = [(per_item(x), y) for x, y in items]
+            items = [(per_item(x, i), y) for i, (x, y) in zip(indices, items, strict=True)]
         x, y = default_collate(items)
         inputs.append(per_chunk(x) if per_chunk is not None else x)
         targets.append(y)

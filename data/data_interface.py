@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable, Iterator
+import signal
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, random_split
 
 from data._in_memory import (
@@ -20,10 +23,13 @@ from data._in_memory import (
     tensor_items,
     whole_batch,
 )
-from trust import check_plain, checked_load_arguments
-from utils import ConfigError, find_class
+from data._sampling import EpochShuffle, SeededItems
+from trust import check_plain, checked_load_arguments, shown
+from utils import ConfigError, DataError, construct, find_class
 
 SPLITS = ("train", "val", "test")
+# Lightning warns that a loader without `state_dict` cannot resume mid-epoch: DInterface's `state_dict` does it.
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
 
 class DInterface(pl.LightningDataModule):
@@ -45,7 +51,9 @@ class DInterface(pl.LightningDataModule):
 
     After `setup`, `example` is one item as the model sees it in evaluation, `dims` describes the data for the
     model (see `data_dims`) and `classes` holds the class names of a classification dataset (its `classes`
-    attribute).
+    attribute). Data a model cannot learn from is a DataError naming what is wrong: a single class, a training split
+    of one class (seen without reading the items when the dataset has `targets` or `labels`, a label per item),
+    images that are not of one size once resized.
 
     Args:
         dataset: Dataset file in `data/`, without `.py`.
@@ -124,7 +132,10 @@ class DInterface(pl.LightningDataModule):
         self.classes: list[str] | None = None
         # Image transforms in three parts: resizing, augmentation (training only) and normalisation.
         self._image_steps: tuple[list[Callable], list[Callable], list[Callable]] | None = None
+        self._one_size: OneSize | None = None  # resizes images and checks that they then batch
         self._in_memory: dict[str, InMemorySplit] = {}
+        self._sampler: EpochShuffle | None = None  # the training order
+        self._resume: dict[str, int] | None = None  # the place in it a checkpoint recorded
 
     @classmethod
     def load_from_checkpoint(
@@ -142,15 +153,16 @@ class DInterface(pl.LightningDataModule):
     def setup(self, stage: str) -> None:
         if self.train_set is not None:
             return
-        args = self.hparams.dataset_args or {}
+        args = self.hparams.get("dataset_args") or {}  # absent when the dataset takes no arguments
         generator = torch.Generator().manual_seed(self.hparams.split_seed)
         val = self.hparams.val_fraction
+        what = f"dataset {self.hparams.dataset!r}"
         if self.has_test_split:
-            pool = self.dataset_class(train=True, **args)
-            self.test_set = self.dataset_class(train=False, **args)
+            pool = construct(self.dataset_class, what, "data.dataset_args", args, train=True)
+            self.test_set = construct(self.dataset_class, what, "data.dataset_args", args, train=False)
             self.train_set, self.val_set = random_split(pool, [1 - val, val], generator=generator)
         else:
-            pool = self.dataset_class(**args)
+            pool = construct(self.dataset_class, what, "data.dataset_args", args)
             test = self.test_fraction
             self.train_set, self.val_set, self.test_set = random_split(
                 pool, [1 - val - test, val, test], generator=generator
@@ -163,15 +175,20 @@ class DInterface(pl.LightningDataModule):
                 )
         self.dataset = pool
         self.classes = getattr(pool, "classes", None)
+        if self.classes is not None:
+            self._check_classes()
         x, y = pool[0]
         if isinstance(x, torch.Tensor) and x.dim() == 3:
             self._image_steps = self._image_transforms(x)
             resize, augment, normalize = self._image_steps
-            train_transform, eval_transform = _compose(resize + augment + normalize), _compose(resize + normalize)
-            self.train_set = TransformedDataset(self.train_set, train_transform)
-            self.val_set = TransformedDataset(self.val_set, eval_transform)
-            self.test_set = TransformedDataset(self.test_set, eval_transform)
-            x = eval_transform(x)
+            resized = _compose(resize) if resize else None
+            first = resized(x) if resized is not None else x
+            size = self._one_size = OneSize(resized, first.shape, item_name(pool, 0), self.hparams.resize)
+            train_transform, eval_transform = _compose(augment + normalize), _compose(normalize)
+            self.train_set = TransformedDataset(self.train_set, train_transform, size)
+            self.val_set = TransformedDataset(self.val_set, eval_transform, size)
+            self.test_set = TransformedDataset(self.test_set, eval_transform, size)
+            x = eval_transform(first)
         elif self.hparams.resize or self.hparams.random_crop_padding is not None or self.hparams.horizontal_flip:
             raise ConfigError(
                 f"data.resize, random_crop_padding and horizontal_flip are for images (C x H x W tensors); "
@@ -179,6 +196,32 @@ class DInterface(pl.LightningDataModule):
             )
         self.example = (x, y)  # one item as the model sees it in evaluation
         self.dims = data_dims(self.example, self.classes)
+
+    def _check_classes(self) -> None:
+        """Raise a DataError unless the dataset has two classes or more, and its training split items of two or
+        more (known without reading every item when the dataset has `targets` or `labels`, a label per item)."""
+        name = self.hparams.dataset
+        if len(self.classes) < 2:
+            has = f"a single class ({self.classes[0]!r})" if self.classes else "no classes"
+            raise DataError(f"dataset {name!r} has {has}: a classifier needs two or more; add data of another class")
+        labels = getattr(self.dataset, "targets", None)
+        labels = getattr(self.dataset, "labels", None) if labels is None else labels
+        if labels is None or len(labels) != len(self.dataset):
+            return
+        try:
+            labels = torch.as_tensor(labels)
+        except (TypeError, ValueError):  # not class indices: nothing to check them by
+            return
+        if labels.dim() != 1 or labels.is_floating_point():
+            return
+        seen = set(labels[self.train_set.indices].tolist())
+        if len(seen) < 2:
+            label = seen.pop()
+            shown = self.classes[label] if 0 <= label < len(self.classes) else label
+            raise DataError(
+                f"the training split of dataset {name!r} holds class {shown!r} alone ({len(self.train_set)} items): a "
+                "classifier learns nothing from one class; add training data of other classes"
+            )
 
     def _image_transforms(self, image: torch.Tensor) -> tuple[list[Callable], list[Callable], list[Callable]]:
         """The resizing, augmentation and normalisation steps: training applies all three, evaluation no
@@ -202,7 +245,37 @@ class DInterface(pl.LightningDataModule):
         return resize, augment, normalize
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self._served("train"), sampler=EpochShuffle(len(self.train_set), torch.initial_seed()))
+        trainer = self.trainer
+        devices = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        self._sampler = EpochShuffle(self.train_set, torch.initial_seed(), *devices)
+        if self._resume is not None:
+            self._sampler.resume(**self._resume)
+            self._resume = None
+        # Its own generator: a loader drawing its workers' base seed from the global one would shift dropout's draws.
+        generator = torch.Generator().manual_seed(torch.initial_seed())
+        return self._loader(self._served("train"), sampler=self._sampler, generator=generator)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where training is in the epoch's order, for checkpoints: a run resumed from one mid-epoch goes on with
+        the items the interrupted run had not reached, in the same order."""
+        trainer = self.trainer
+        if self._sampler is None or trainer is None or trainer.state.fn != "fit":
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed  # batches whose step has run
+        return {"epoch": self._sampler.epoch, "items": done * self.batch_size}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        position = {key: state_dict.get(key) for key in ("epoch", "items")}
+        if set(state_dict) != set(position) or not all(
+            type(value) is int and 0 <= value < 2**62 for value in position.values()
+        ):
+            raise ConfigError(
+                f"the checkpoint's place in the training order ({shown(state_dict)}) is not an epoch and a number of "
+                "items; it was not written by this template: give another checkpoint"
+            )
+        self._resume = position
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._served("val"))
@@ -218,7 +291,9 @@ class DInterface(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.predict_set)
 
-    def _loader(self, dataset: Dataset, sampler: Sampler | None = None) -> DataLoader:
+    def _loader(
+        self, dataset: Dataset, sampler: Sampler | None = None, generator: torch.Generator | None = None
+    ) -> DataLoader:
         hp = self.hparams
         in_memory = isinstance(dataset, InMemorySplit)
         workers = hp.num_workers if hp.num_workers is not None else 0 if in_memory else _default_workers()
@@ -227,7 +302,9 @@ class DInterface(pl.LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
+            generator=generator,
             num_workers=workers,
+            worker_init_fn=start_worker if workers else None,
             collate_fn=whole_batch if in_memory else None,
             pin_memory=hp.pin_memory if hp.pin_memory is not None else on_gpu,
             persistent_workers=hp.persistent_workers if hp.persistent_workers is not None else workers > 0,
@@ -236,12 +313,13 @@ class DInterface(pl.LightningDataModule):
     def _served(self, split: str) -> Dataset:
         """What the `split` loader serves: the split in memory when `in_memory` allows, else item by item."""
         mode = self.hparams.in_memory
+        items = SeededItems(self.train_set) if split == "train" else getattr(self, f"{split}_set")
         if mode == "off":
-            return getattr(self, f"{split}_set")
+            return items
         if split not in self._in_memory:
             if (reason := self._not_in_memory()) is not None:
                 if mode == "auto":
-                    return getattr(self, f"{split}_set")
+                    return items
                 raise ConfigError(f"data.in_memory {mode}: {reason}; use data.in_memory auto or off")
             self._in_memory[split] = self._hold(split)
         return self._in_memory[split]
@@ -266,8 +344,11 @@ class DInterface(pl.LightningDataModule):
         if self._image_steps is None:
             inputs, targets = stack_items(items)
         else:
-            resize, augment, normalize = self._image_steps
-            per_item = _compose(resize) if resize else None
+            _, augment, normalize = self._image_steps
+
+            def per_item(x: torch.Tensor, index: int) -> torch.Tensor:
+                return self._one_size(x, items.dataset, index)
+
             if split == "train" and augment:
                 inputs, targets = stack_items(items.dataset, per_item)  # the untransformed items, resized
                 transform = _compose(augment + normalize)
@@ -281,26 +362,13 @@ class DInterface(pl.LightningDataModule):
         return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
 
 
-class EpochShuffle(Sampler[int]):
-    """A random order of `size` items for each epoch, drawn from `seed` and the epoch alone.
-
-    Lightning calls `set_epoch` before each epoch (under DDP through its sampler wrapper, which then shards the
-    order), so a run resumed from a checkpoint sees the same order as the interrupted run would have; a shuffle
-    drawn from the global random state would depend on everything drawn before it.
-    """
-
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
-
-    def __len__(self) -> int:
-        return self.size
+def start_worker(worker_id: int) -> None:
+    """Set up a loader worker: it leaves a SIGTERM sent to the whole job (as SLURM sends it) to the main process,
+    which stops at the next step and then ends its workers; a worker ended by it would be a crash. Then Lightning's
+    own worker seeding, which a loader with a `worker_init_fn` of its own does not get."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if os.environ.get("PL_SEED_WORKERS") == "1":
+        pl_worker_init_function(worker_id)
 
 
 def _default_workers() -> int:
@@ -315,22 +383,72 @@ def _compose(transforms: list[Callable]) -> Callable:
     return v2.Compose(transforms) if transforms else v2.Identity()
 
 
-class TransformedDataset(Dataset):
-    """`dataset` with `transform` applied to each item's input; one per split, so augmentation stays in training."""
+class OneSize:
+    """Resizes an image as data.resize says (`resize`, None for no resizing), and checks that it then has `shape`,
+    that of the dataset's first image (`first` names it): images batch only at one size. Before augmentation, which
+    could crop images of any size to one and so hide the difference."""
 
-    def __init__(self, dataset: Dataset, transform: Callable) -> None:
-        self.dataset, self.transform = dataset, transform
+    def __init__(self, resize: Callable | None, shape: torch.Size, first: str, setting: list[int] | None) -> None:
+        self.resize, self.shape, self.first, self.setting = resize, shape, first, setting
+
+    def __call__(self, image: torch.Tensor, dataset: Dataset, index: int) -> torch.Tensor:
+        """`image`, item `index` of `dataset`, resized; a DataError naming its file when it has another size."""
+        if self.resize is not None:
+            image = self.resize(image)
+        if image.shape == self.shape:
+            return image
+        name = item_name(dataset, index)
+        if image.shape[0] != self.shape[0]:
+            raise DataError(
+                f"image {name} has {image.shape[0]} channels but {self.first} has {self.shape[0]}: give the images "
+                "one number of channels (all RGB or all grayscale)"
+            )
+        after = f" after data.resize {self.setting}, which sets the shorter side only," if self.setting else ""
+        height, width = self.shape[1:]
+        raise DataError(
+            f"images of different sizes: {name} is {_size(image.shape)} but {self.first} is {_size(self.shape)}"
+            f"{after} and a batch needs one size; set --data.resize [{height}, {width}] (height, width)"
+        )
+
+
+def _size(shape: torch.Size) -> str:
+    return "x".join(map(str, shape[1:]))
+
+
+class TransformedDataset(Dataset):
+    """`dataset` with `transform` applied to each item's input; one per split, so augmentation stays in training.
+    With `size`, images are first resized and checked to be of one size (see OneSize)."""
+
+    def __init__(self, dataset: Dataset, transform: Callable, size: OneSize | None = None) -> None:
+        self.dataset, self.transform, self.size = dataset, transform, size
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         x, y = self.dataset[index]
-        return self.transform(x), y
+        return self._transformed(x, index), y
 
     def __getitems__(self, indices: list[int]) -> list[tuple[Any, Any]]:
         """Many items at once, through the dataset's own `__getitems__` when it has one (Subset forwards it)."""
-        return [(self.transform(x), y) for x, y in fetch_items(self.dataset, indices)]
+        items = fetch_items(self.dataset, indices)
+        return [(self._transformed(x, i), y) for i, (x, y) in zip(indices, items, strict=True)]
+
+    def _transformed(self, x: Any, index: int) -> Any:
+        return self.transform(self.size(x, self.dataset, index) if self.size is not None else x)
+
+
+def item_name(dataset: Dataset, index: int) -> str:
+    """For messages: the file that item `index` of a split was read from, when its dataset reads files (a `files`
+    list, or `images` naming files, inside its `folder` if it has one), else its index in the dataset."""
+    while isinstance(dataset, (TransformedDataset, Subset, InMemorySplit)):
+        index = int(dataset.indices[index]) if isinstance(dataset, Subset) else index
+        dataset = dataset.dataset
+    names = getattr(dataset, "files", None) or getattr(dataset, "images", None)
+    if not (isinstance(names, list) and len(names) == len(dataset) and isinstance(names[index], (str, Path))):
+        return f"item {index} of {type(dataset).__name__}"
+    folder = getattr(dataset, "folder", None)
+    return str(Path(folder, names[index]) if isinstance(folder, (str, Path)) else names[index])
 
 
 def item_ids(dataset: Dataset) -> list[str]:

@@ -17,7 +17,8 @@ class JsonImages(Dataset):
 
     Each JSON file is `{"images": [file names], "categories": [integer labels]}`, plus an optional
     `"classes": [names]`. Without class names there are max(train label) + 1 classes, named "0", "1", ...
-    Both splits take their classes from the train file, so they always agree.
+    Both splits take their classes from the train file, so they always agree. File names are paths inside the
+    split's folder (none absolute or climbing out with '..'); a file listed twice must have one label.
 
     Args:
         root: Folder holding annotations/, train_<name>/ and test_<name>/.
@@ -91,11 +92,24 @@ def _read_annotations(path: Path) -> tuple[list[str], list[int], list[str] | Non
         )
     if not images:
         raise ConfigError(f"json_images: {path} lists no images; add some")
+    seen: dict[Path, int] = {}  # each file's label, by its path as the folder's files are named
     for image, label in zip(images, labels, strict=True):
         if not isinstance(image, str):
             raise ConfigError(f"json_images: {path}: image {image!r} is not a file name (a string)")
         if not isinstance(label, int) or isinstance(label, bool) or label < 0:
             raise ConfigError(f"json_images: {path}: image {image!r} has label {label!r}; labels must be integers >= 0")
+        name = Path(image)
+        if name.is_absolute() or ".." in name.parts:
+            raise ConfigError(
+                f"json_images: {path}: image {image!r} lies outside the image folder; name each file by its path "
+                "inside that folder (not absolute, no '..')"
+            )
+        # The same file twice with one label is kept (oversampling it); with two labels it cannot be right.
+        if seen.setdefault(name, label) != label:
+            raise ConfigError(
+                f"json_images: {path} lists image {image!r} twice, with labels {seen[name]} and {label}; "
+                "keep the right one"
+            )
     classes = data.get("classes")
     if classes is not None and (
         not isinstance(classes, list)

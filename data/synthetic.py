@@ -29,7 +29,7 @@ class SyntheticClassification(Dataset):
         if num_samples < num_classes or num_features < 1 or num_classes < 2:
             raise ValueError(
                 "synthetic: need num_samples >= num_classes >= 2 and num_features >= 1, got "
-                f"{num_samples}, {num_classes}, {num_features}"
+                f"num_samples={num_samples}, num_classes={num_classes}, num_features={num_features}"
             )
         generator = torch.Generator().manual_seed(seed)
         centres = class_sep * torch.randn(num_classes, num_features, generator=generator)

@@ -13,7 +13,7 @@ from torch import nn
 
 from model._lr_schedule import LinearWarmup, lr_lambda
 from trust import check_plain, checked_load_arguments
-from utils import ConfigError, find_class
+from utils import ConfigError, DataError, construct, find_class
 
 # Constructor parameters of a network that the data fills in when they are not set (see `data_dims`).
 DATA_DIMS = ("input_size", "output_size", "num_classes", "in_channels", "image_size")
@@ -29,6 +29,32 @@ def _torch_attr(namespace: Any, kind: str, name: str, examples: str) -> Any:
     if not isinstance(cls, type):
         raise ConfigError(f"unknown {kind} {name!r}: use a class name from {namespace.__name__}, e.g. {examples}")
     return cls
+
+
+def _build_loss(name: str, args: dict[str, Any]) -> nn.Module:
+    """The loss `nn.<name>(**args)`, tried once on a made-up batch: an argument that torch checks only when the loss
+    runs (reduction, label_smoothing, delta...) is an error now, naming it, not a traceback at the first batch."""
+    loss_class = _torch_attr(nn, "loss", name, "L1Loss, MSELoss, HuberLoss, CrossEntropyLoss")
+    called = f"{name}({', '.join(f'{key}={value!r}' for key, value in args.items())})"
+    fix = "fix model.loss_args" if args else "this template calls the loss with a batch's outputs and targets"
+    try:
+        loss_fn = loss_class(**args)
+        if isinstance(loss_fn, CLASSIFICATION_LOSSES):
+            value = loss_fn(torch.zeros(3, 3), torch.arange(3))
+        else:
+            value = loss_fn(torch.full((3, 1), 0.5), torch.full((3, 1), 0.5))
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ConfigError(f"loss {called} fails: {' '.join(str(error).split())}; {fix}") from error
+    if value.numel() != 1:
+        raise ConfigError(f"loss {called} gives a loss per item, not one per batch: use reduction mean or sum")
+    return loss_fn
+
+
+def _nonfinite(value: Any, device: torch.device) -> torch.Tensor:
+    """Whether `value` is a tensor holding nan or inf values, as a boolean on `device`."""
+    if isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex()):
+        return ~value.isfinite().all().to(device)
+    return torch.tensor(False, device=device)
 
 
 class MInterface(pl.LightningModule):
@@ -104,9 +130,7 @@ class MInterface(pl.LightningModule):
         self.save_hyperparameters()
         check_plain(dict(self.hparams), "model")
         self.net_class = find_class("model", net, nn.Module)
-        self.loss_fn = _torch_attr(nn, "loss", loss, "L1Loss, MSELoss, HuberLoss, CrossEntropyLoss")(
-            **(loss_args or {})
-        )
+        self.loss_fn = _build_loss(loss, loss_args or {})
         self.classification = isinstance(self.loss_fn, CLASSIFICATION_LOSSES)
         self.lr = lr  # an attribute, so that Lightning's learning-rate finder can set it
         self.optimizer_class = _torch_attr(torch.optim, "optimizer", optimizer, "SGD, Adam, AdamW")
@@ -121,6 +145,7 @@ class MInterface(pl.LightningModule):
         self.scheduler: Any = None
         self._train_loss: tuple[torch.Tensor | float, int] = (0.0, 0)  # loss summed over the items since the last log
         self._resumed: dict[str, Any] | None = None  # what a checkpoint to resume from carries besides weights
+        self._eval_counts: dict[str, torch.Tensor] = {}  # per evaluation stage: counts of batches, see `_evaluate`
         if not self._unset_dims(net_args or {}):
             self._build_net(net_args or {})
 
@@ -146,7 +171,7 @@ class MInterface(pl.LightningModule):
     def _build_net(self, net_args: dict[str, Any]) -> None:
         if self.hparams.init is not None and net_args.get(PRETRAINED_ARG):
             raise ConfigError(f"model.init would overwrite the pretrained net_args.{PRETRAINED_ARG}: drop one of them")
-        self.net = self.net_class(**net_args)
+        self.net = construct(self.net_class, f"model {self.hparams.net!r}", "model.net_args", net_args)
         if self.hparams.init is not None:
             from model._weight_init import init_weights
 
@@ -269,10 +294,52 @@ class MInterface(pl.LightningModule):
         """Log the loss and update the metrics; the outputs go to callbacks' `on_*_batch_end`."""
         x, y = batch
         out = self(x)
-        self.log(f"{stage}/loss", self.loss_fn(out, y), prog_bar=True, batch_size=len(x), sync_dist=True)
+        loss = self.loss_fn(out, y)
+        # Batches, and those whose loss is nan, is inf, whose inputs or targets are not finite: counted on the
+        # device, read once per epoch (`_check_finite`).
+        flags = [loss.isnan().any(), loss.isinf().any(), _nonfinite(x, loss.device), _nonfinite(y, loss.device)]
+        counts = torch.stack([torch.ones_like(flags[0]), *flags]).int()
+        self._eval_counts[stage] = self._eval_counts.get(stage, 0) + counts
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=len(x), sync_dist=True)
         if self.metrics is not None:
             self.metrics[f"{stage}_metrics"].update(out, y)
         return out
+
+    def _check_finite(self, stage: str) -> None:
+        """Raise an error when the epoch's `stage` (val or test) loss was nan or inf, naming the split and when: a
+        DataError when its data holds nan/inf values, else a ConfigError. EarlyStopping and ModelCheckpoint would
+        take the loss for one that is merely bad, and end the run as if it had succeeded. On several devices, all
+        raise it together."""
+        counts = self._eval_counts.pop(stage, torch.zeros(5, dtype=torch.int, device=self.device))
+        batches, nan, inf, inputs, targets = self.trainer.strategy.reduce(counts, reduce_op="sum").tolist()
+        if not nan and not inf:
+            return
+        split = {"val": "validation", "test": "test"}[stage]
+        trainer = self.trainer
+        if trainer.sanity_checking:
+            when = "in the sanity check before training"
+        elif trainer.state.fn == "fit":
+            when = f"at step {trainer.global_step} (epoch {trainer.current_epoch})"
+        else:
+            when = "when testing" if stage == "test" else "when validating"
+        found = f"the {split} loss is {'nan' if nan else 'inf'} {when} ({nan + inf} of {batches} batches)"
+        if inputs or targets:
+            parts = " and ".join(part for part, n in (("inputs", inputs), ("targets", targets)) if n)
+            raise DataError(f"{found}: the {split} data holds nan or inf values in its {parts}; fix or drop them")
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else self.lr
+        raise ConfigError(
+            f"{found}, though its data is finite: the network's outputs or the loss overflow; lower the learning "
+            f"rate (model.lr={lr:g}), clip gradients (--trainer.gradient_clip_val 1.0) or check that the loss suits "
+            "the data"
+        )
+
+    def on_fit_start(self) -> None:
+        # A resumed run draws random numbers (dropout) as the interrupted one would have: from the state the
+        # checkpoint holds, set before anything of this run draws (the sanity check keeps the state as it found it).
+        if self._resumed is not None:
+            torch.set_rng_state(self._resumed["rng"]["torch"])
+            if torch.cuda.is_available() and self._resumed["rng"].get("cuda"):
+                torch.cuda.set_rng_state_all(self._resumed["rng"]["cuda"])
 
     def on_train_start(self) -> None:
         # Only this run counts: not a finder's trial steps (lr_find, scale_batch_size) before it.
@@ -280,24 +347,21 @@ class MInterface(pl.LightningModule):
         if self.metrics is not None:
             for metric in self.metrics.values():
                 metric.reset()
-        # A resumed run carries on as the interrupted one would have: the best accuracy so far, and the random
-        # stream (shuffling, dropout, augmentation) as it was when the checkpoint was written. Set only now,
-        # after the sanity check, whose data loaders also draw from it.
+        # A resumed run carries on with the best accuracy so far.
         if self._resumed is not None:
             if self.metrics is not None and "val_acc_best" in self._resumed:
                 self.metrics["val_acc_best"].update(self._resumed["val_acc_best"])
-            torch.set_rng_state(self._resumed["rng"]["torch"])
-            if torch.cuda.is_available() and self._resumed["rng"].get("cuda"):
-                torch.cuda.set_rng_state_all(self._resumed["rng"]["cuda"])
             self._resumed = None
 
     def on_train_epoch_end(self) -> None:
         self._log_metrics("train")
 
     def on_validation_epoch_end(self) -> None:
+        self._check_finite("val")
         self._log_metrics("val")
 
     def on_test_epoch_end(self) -> None:
+        self._check_finite("test")
         self._log_metrics("test")
 
     def _log_metrics(self, stage: str) -> None:
@@ -328,7 +392,15 @@ class MInterface(pl.LightningModule):
             checkpoint["resume"]["val_acc_best"] = self.metrics["val_acc_best"].compute()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._resumed = checkpoint.get("resume")
+        resumed = checkpoint.get("resume")
+        rng = resumed.get("rng") if isinstance(resumed, dict) else None
+        states = [rng.get("torch"), *(rng.get("cuda") or [])] if isinstance(rng, dict) else [None]
+        if resumed is not None and not all(isinstance(s, torch.Tensor) and s.dtype == torch.uint8 for s in states):
+            raise ConfigError(
+                "the checkpoint's random state is not what this template writes (checkpoint['resume']['rng']); "
+                "give another checkpoint"
+            )
+        self._resumed = resumed
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams

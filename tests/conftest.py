@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from torchvision.io import write_png
@@ -60,6 +61,17 @@ def project_copy(tmp_path: Path) -> Path:
     copy = tmp_path / "project"
     shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns("runs", ".git", "__pycache__", ".venv", "*.egg-info"))
     return copy
+
+
+class RaiseAt(pl.Callback):
+    """Raise `error` once optimizer step `step` is done: a crash (or, with KeyboardInterrupt, a Ctrl+C) at that step."""
+
+    def __init__(self, step: int, error: type[BaseException]) -> None:
+        self.step, self.error = step, error
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            raise self.error
 
 
 def patterned_images(n: int, size: int = 28, channels: int = 1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

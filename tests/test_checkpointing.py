@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import RaiseAt
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from callbacks import AtomicCheckpointIO, FiniteLossGuard, ResumableCheckpoint, TrainingDiverged
@@ -61,17 +63,6 @@ def fail_at(step: int, **attributes: Any) -> FailAt:
     return model
 
 
-class InterruptAt(pl.Callback):
-    """Ctrl+C once optimizer step `step` is done."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        if trainer.global_step == self.step:
-            raise KeyboardInterrupt
-
-
 class Batches(pl.Callback):
     """The index of every training batch started."""
 
@@ -121,6 +112,38 @@ def test_a_save_replaces_the_checkpoint_and_creates_its_directory(tmp_path: Path
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
 
 
+def test_a_save_fsyncs_a_temporary_file_beside_the_target_before_renaming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    io, path = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"state_dict": {}, "global_step": 1}, path)  # the directory exists: only the save is watched
+    events: list[tuple[str, Any]] = []
+    fsync, replace = os.fsync, os.replace
+
+    def recording_fsync(fd: int) -> None:
+        info = os.fstat(fd)
+        events.append(("fsync", (info.st_dev, info.st_ino)))
+        fsync(fd)
+
+    def recording_replace(source: Any, target: Any) -> None:
+        info = os.stat(source)
+        events.append(("replace", ((info.st_dev, info.st_ino), Path(source), Path(target))))
+        replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    io.save_checkpoint({"state_dict": {}, "global_step": 2}, path)
+    monkeypatch.undo()
+    assert load(path)["global_step"] == 2
+    [(index, (temporary_file, source, target))] = [(i, e[1]) for i, e in enumerate(events) if e[0] == "replace"]
+    assert target == path
+    # On the target's filesystem, so that the rename is atomic rather than a copy that a crash can cut short.
+    assert source.parent == path.parent
+    assert ("fsync", temporary_file) in events[:index]  # its bytes are on disk before it takes the target's name
+    directory = os.stat(path.parent)
+    assert ("fsync", (directory.st_dev, directory.st_ino)) in events[index:]  # and then the rename
+
+
 def test_a_trainer_with_atomic_checkpoint_io_writes_loadable_checkpoints(tmp_path: Path) -> None:
     torch.manual_seed(0)  # the net's start and the training order: the val loss then improves in epoch 1
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True, monitor="val/loss")
@@ -166,7 +189,7 @@ def test_finite_losses_train_as_usual(tmp_path: Path) -> None:
 def test_ctrl_c_writes_last_ckpt_that_resumes_training(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     resumable = ResumableCheckpoint(dirpath=tmp_path, monitor="val/loss", filename="best-{epoch}")
     with pytest.raises(SystemExit):  # Lightning's answer to Ctrl+C: a graceful shutdown, then sys.exit(1)
-        trainer(tmp_path, [resumable, InterruptAt(3)]).fit(MInterface(), data())
+        trainer(tmp_path, [resumable, RaiseAt(3, KeyboardInterrupt)]).fit(MInterface(), data())
     assert [p.name for p in tmp_path.glob("*.ckpt")] == ["last.ckpt"]  # save_last unset: still written
     assert load(tmp_path / "last.ckpt")["global_step"] == 3
     assert (

@@ -136,6 +136,10 @@ def test_help_and_print_config_show_the_chosen_classes_arguments(tmp_path: Path)
         (("--model", "linear", "--data.dataset_args.weight=abc"), 'Parser key "data.dataset_args.weight"'),
         (("--model", "linear", "--model.loss=L2Loss"), "unknown loss 'L2Loss'"),
         (("--model", "linear", "--data.val_fraction=1.5"), "data.val_fraction must be between 0 and 1"),
+        (
+            ("--model.net=cnn", "--model.loss=CrossEntropyLoss", "--model.net_args.in_channels=1", "--data=synthetic"),
+            "error: model 'cnn' cannot take the data's inputs of shape [20]: ",  # a conv net, given flat features
+        ),
     ],
 )
 def test_user_errors_exit_non_zero_with_a_clear_message(tmp_path: Path, args: tuple[str, ...], message: str) -> None:

@@ -38,6 +38,14 @@ def test_report_names_versions_and_cpu() -> None:
     assert all(len(line) > 13 and line[12] == " " and line[13] != " " for line in report.splitlines())  # aligned
 
 
+def test_report_gives_the_cpu_cores_and_torchs_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Counts that no version number in the report holds, so that only the CPU line can show them.
+    monkeypatch.setattr(os, "cpu_count", lambda: 37)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 23)
+    cpu = [line for line in environment_report().splitlines() if line.startswith("CPU ")]
+    assert cpu == ["CPU          37 cores, torch uses 23 threads"]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 def test_report_says_cuda_is_not_available() -> None:
     assert "CUDA         not available (runs use the CPU)" in environment_report()

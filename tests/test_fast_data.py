@@ -25,7 +25,7 @@ def batches(data: DInterface, split: str, epoch: int = 0) -> list[tuple[torch.Te
     loader = getattr(data, f"{split}_dataloader")()
     if loader.sampler is not None and hasattr(loader.sampler, "set_epoch"):
         loader.sampler.set_epoch(epoch)
-    torch.manual_seed(100 + epoch)  # the augmentation's random draws
+    torch.manual_seed(100 + epoch)  # not the augmentation's seed: each item's draws have their own
     return [(x.clone(), torch.as_tensor(y)) for x, y in loader]
 
 
@@ -46,17 +46,19 @@ def mnist_root(tmp_path: Path) -> str:
 def test_in_memory_batches_are_the_item_paths_batches(
     dataset: str, args: dict | None, options: dict, mnist_root: str
 ) -> None:
-    """Same order per epoch, same augmentation draws, same values: only faster."""
+    """Same order per epoch, same augmentation draws, same values: only faster. Item by item in a loader worker
+    too, since each item's random draws are seeded by its place in the epoch's order."""
     args = {"root": mnist_root} if args is None else args
     served = {}
-    for mode in ("cpu", "off"):
-        # In the main process both, as workers draw augmentations from their own seeds.
-        data = DInterface(dataset=dataset, dataset_args=args, batch_size=16, in_memory=mode, num_workers=0, **options)
+    for mode, workers in (("cpu", 0), ("off", 1)):
+        data = DInterface(
+            dataset=dataset, dataset_args=args, batch_size=16, in_memory=mode, num_workers=workers, **options
+        )
         data.setup("fit")
         served[mode] = [batches(data, "train", epoch) for epoch in (0, 1)]
         served[mode] += [batches(data, "val"), batches(data, "test")]
         assert isinstance(data.train_dataloader().dataset, InMemorySplit) == (mode == "cpu")
-    assert len(served["cpu"]) == len(served["off"])
+    assert len(served["cpu"]) == len(served["off"]) == 4
     for fast, slow in zip(served["cpu"], served["off"], strict=True):
         assert len(fast) == len(slow) > 0
         for (x, y), (x_ref, y_ref) in zip(fast, slow, strict=True):

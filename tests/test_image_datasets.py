@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shutil
@@ -10,9 +11,10 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import Split, image_pixels, write_image_folder, write_json_images
+from conftest import Split, image_pixels, run_main, write_image_folder, write_json_images
 from torchvision.io import write_jpeg, write_png
 
+from data.data_interface import DInterface, item_ids
 from data.image_folder import ImageFolder
 from data.json_images import JsonImages
 from utils import ConfigError
@@ -340,3 +342,28 @@ def test_image_folder_corrupt_file_fails_when_loaded(tmp_path: Path) -> None:
     index = dataset.files.index(path)
     with pytest.raises(ConfigError, match=f"cannot decode image {named(path)}"):
         dataset[index]
+
+
+# ---- Prediction ids ---------------------------------------------------------------------------------------------
+
+
+def test_json_images_predictions_are_identified_by_their_file_names(tmp_path: Path) -> None:
+    write_json_images(tmp_path)
+    data = DInterface(dataset="json_images", dataset_args={"root": str(tmp_path)})
+    data.setup("predict")
+    assert item_ids(data.predict_set) == [f"{i:04d}.png" for i in range(6)]  # the test JSON's list, in its order
+
+
+@pytest.mark.slow
+def test_predict_writes_the_image_file_of_each_row_as_its_id(tmp_path: Path) -> None:
+    write_image_folder(tmp_path / "images")
+    run = run_main(
+        "predict", "--model.net=cnn", "--model.loss=CrossEntropyLoss", "--model.net_args.channels=[4]",
+        "--data=image_folder", f"--data.root={tmp_path / 'images'}", cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = list(csv.DictReader((run.run_dir / "predictions.csv").open()))
+    classes = ("cat", "dog", "frog")
+    files = [tmp_path / "images" / "test" / name / f"0{i}.png" for name in classes for i in (0, 1)]
+    assert [row["id"] for row in rows] == [str(file) for file in files]  # the whole test split, in its order
+    assert {row["class"] for row in rows} <= set(classes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import pytest
@@ -11,6 +12,7 @@ import torch
 import yaml
 from conftest import ROOT, Run, run_main, write_mnist
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from test_classification import fitted
 
 from data.data_interface import DInterface
@@ -37,8 +39,26 @@ def whole_split_accuracy(model: MInterface, data: DInterface) -> float:
     return correct / len(data.test_set)
 
 
+def whole_split_loss(model: MInterface, data: DInterface, split: str) -> float:
+    """The mean loss of `model` over the whole `split` (val or test), in this one process."""
+    data.setup("fit")
+    model.eval()
+    x, y = next(iter(torch.utils.data.DataLoader(getattr(data, f"{split}_set"), batch_size=10_000)))
+    with torch.no_grad():
+        return model.loss_fn(model(x), y).item()
+
+
 def checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def hparams_tab(events: EventAccumulator) -> tuple[dict[str, Any], list[str]]:
+    """What TensorBoard's HPARAMS tab shows of a run: each hyperparameter's value, and the metrics' tags."""
+    content = events.PluginTagToContent("hparams")
+    start = HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    experiment = HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    values = {name: getattr(value, value.WhichOneof("kind")) for name, value in start.hparams.items()}
+    return values, [info.name.tag for info in experiment.metric_infos]
 
 
 @pytest.mark.slow
@@ -64,6 +84,9 @@ def test_two_processes_train_with_synced_metrics_and_write_one_run(tmp_path: Pat
     model = MInterface.load_from_checkpoint(tmp_path / run.results["best_checkpoint"])
     assert run.results["test"]["test/acc"] == pytest.approx(whole_split_accuracy(model, data), abs=1e-6)
     assert run.results["test"]["test/acc"] > 0.9
+    # So do the losses, whose halves have means of their own (val: 2 x 200 items, test: 2 x 400).
+    for split, results in (("val", "validation"), ("test", "test")):
+        assert run.results[results][f"{split}/loss"] == pytest.approx(whole_split_loss(model, data, split), abs=1e-5)
 
 
 @pytest.mark.slow
@@ -125,8 +148,12 @@ def test_tensorboard_holds_the_lr_curve_final_metrics_as_hparams_and_the_graph(t
     # Logged every 5 steps (at steps 4, 9, ...): 20 steps of warm-up from 0, then Adam's 1e-3.
     assert [lrs[step] for step in (4, 9, 14, 19)] == pytest.approx([1e-3 * step / 20 for step in (4, 9, 14, 19)])
     assert lrs[24] == lrs[84] == pytest.approx(1e-3)
-    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(events.PluginTagToContent("hparams"))
+    hparams, metrics = hparams_tab(events)
+    # Each hyperparameter's value: from the command line, the config file, the data module and the data.
+    assert hparams["warmup"] == 20 and hparams["optimizer"] == "Adam" and hparams["lr"] == pytest.approx(1e-3)
+    assert hparams["batch_size"] == 64 and hparams["net_args/input_size"] == 20
     for name in ("test/acc", "val/acc_best", "val/loss"):
+        assert f"hp/{name}" in metrics
         final = run.results["test" if name.startswith("test") else "fit" if name.endswith("best") else "validation"]
         assert events.Scalars(f"hp/{name}")[-1].value == pytest.approx(final[name])
     assert "hp_metric" not in events.Tags()["scalars"]

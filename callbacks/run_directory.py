@@ -1,0 +1,80 @@
+"""One process per run directory, and the SLURM job that wrote a run, so that the job, requeued, finds it again."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from typing import IO
+
+import lightning.pytorch as pl
+from lightning.pytorch.cli import SaveConfigCallback
+
+from files import run_dir, write_atomically
+from utils import ConfigError
+
+SLURM_JOB_FILE = "slurm_job"  # in a run directory: the SLURM job that trains it
+
+
+def lock_run(run: Path) -> IO[str]:
+    """Hold the lock of the run directory `run` (the hidden file `.<name>.lock` beside it) for as long as this
+    process lives, or raise a ConfigError when another process holds it. The system drops the lock when the process
+    ends, crashed too, so nothing stays stuck. Returns the open lock file, which must be kept."""
+    run.parent.mkdir(parents=True, exist_ok=True)
+    lock = (run.parent / f".{run.name}.lock").open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        lock.close()
+        raise ConfigError(
+            f"{run} is in use by {holder}, which trains into it; wait for that to end (or stop it) before resuming "
+            "this run"
+        ) from None
+    lock.truncate(0)
+    lock.write(f"process {os.getpid()}")
+    lock.flush()
+    return lock
+
+
+def slurm_job() -> str | None:
+    """This SLURM job's id (with the task of a job array), or None outside SLURM."""
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array_job}_{task}" if array_job and task else os.environ.get("SLURM_JOB_ID")
+
+
+def requeued() -> bool:
+    """Whether SLURM requeued this job (after a pre-emption, or the time limit with `--signal`)."""
+    return os.environ.get("SLURM_RESTART_COUNT", "0").strip() not in ("", "0")
+
+
+def run_of_job(runs: Path, job: str) -> Path | None:
+    """The latest run directory under `runs` that SLURM job `job` trained, if any."""
+    mine = [
+        folder
+        for folder in runs.glob("version_*")
+        if folder.name.removeprefix("version_").isdecimal()
+        and (folder / SLURM_JOB_FILE).is_file()
+        and (folder / SLURM_JOB_FILE).read_text().strip() == job
+    ]
+    return max(mine, key=lambda folder: int(folder.name.removeprefix("version_")), default=None)
+
+
+class RunDirectory(SaveConfigCallback):
+    """LightningCLI's SaveConfigCallback, which first takes the run directory's lock (`lock_run`: a second process
+    resuming a run in use is refused before it writes anything there) and, under SLURM, records the job that
+    trains the run, for the job requeued to find (`run_of_job`)."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not self.already_saved and not trainer.fast_dev_run:
+            log_dir = trainer.log_dir  # on every process: it broadcasts
+            if trainer.is_global_zero and log_dir:
+                self.lock = lock_run(Path(log_dir))
+        super().setup(trainer, pl_module, stage)
+
+    def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Called on global rank 0 alone, after config.yaml is written.
+        job, directory = slurm_job(), run_dir(trainer)
+        if job and stage == "fit" and directory is not None:
+            write_atomically(directory / SLURM_JOB_FILE, lambda file: file.write(f"{job}\n".encode()))
