@@ -48,7 +48,7 @@ from data.data_interface import DInterface, item_ids
 from files import run_dir, write_atomically, write_error
 from model.model_interface import DATA_DIMS, MInterface
 from trust import check_checkpoint_file, check_config, load_checkpoint, load_yaml_file, shown
-from utils import ROOT, ConfigError, available, find_class
+from utils import ROOT, ConfigError, available, did_you_mean, find_class
 
 # Lightning's learning-rate and batch-size finders, as subcommands that take the same options as `fit`.
 FINDERS = {
@@ -86,6 +86,12 @@ def normalize_argv(argv: list[str]) -> list[str]:
     experiment config like `configs/resnet.yaml` is selected by its name). Idempotent, because DDP re-launches
     this script with the rewritten `sys.argv`.
     """
+    if argv and not argv[0].startswith("-") and argv[0] not in SUBCOMMANDS:
+        commands = [*SUBCOMMANDS, "env", "export"]
+        raise ConfigError(
+            f"unknown subcommand {argv[0]!r}: {did_you_mean(argv[0], commands)}use one of {', '.join(commands)} "
+            "(or none, for fit)"
+        )
     if not argv or argv[0] not in (*SUBCOMMANDS, "-h", "--help"):
         argv = ["fit", *argv]
     head, rest, configs = argv[:1], [], []
@@ -646,10 +652,10 @@ def main(argv: list[str] | None = None) -> None:
         import export
 
         sys.exit(export.main(argv[1:]))
-    argv = normalize_argv(argv)
-    sys.argv[1:] = argv
     signal.signal(signal.SIGTERM, _terminate)
     try:
+        argv = normalize_argv(argv)
+        sys.argv[1:] = argv
         TemplateCLI(*selected_names(argv))
     except (ConfigError, MisconfigurationException) as error:
         # Lightning's MisconfigurationException is a user's setting it cannot run with, e.g. a GPU on a CPU machine.

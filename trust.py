@@ -78,6 +78,13 @@ def trusted_imports() -> list[str]:
     return [*TRUSTED_PACKAGES, *own]
 
 
+def _short(value: Any, limit: int) -> bool:
+    """Whether `value` is a number or string that `shown` can write in full within `limit` characters."""
+    if isinstance(value, int):
+        return value.bit_length() <= MAX_INT_BITS
+    return isinstance(value, float) or (isinstance(value, str) and len(value) <= limit)
+
+
 def shown(value: Any, limit: int = 80) -> str:
     """`value` for an error message, cut short: a long or large value from a hostile file must not flood the
     terminal (or take minutes to print)."""
@@ -85,6 +92,9 @@ def shown(value: Any, limit: int = 80) -> str:
         return f"a number of {value.bit_length()} bits"
     if isinstance(value, (str, int, float, bool, type(None))):
         text = repr(value)
+        return text if len(text) <= limit else f"{text[:limit]}..."
+    if isinstance(value, (list, tuple)) and len(value) <= 8 and all(_short(v, limit) for v in value):
+        text = repr(list(value))  # as the command line writes it
         return text if len(text) <= limit else f"{text[:limit]}..."
     return f"a {type(value).__name__}"
 

@@ -10,18 +10,18 @@ from typing import IO
 import lightning.pytorch as pl
 from lightning.pytorch.cli import SaveConfigCallback
 
-from files import run_dir, write_atomically
+from files import make_dir, run_dir, write_atomically
 from utils import ConfigError
 
 SLURM_JOB_FILE = "slurm_job"  # in a run directory: the SLURM job that trains it
 
 
 def lock_run(run: Path) -> IO[str]:
-    """Hold the lock of the run directory `run` (the hidden file `.<name>.lock` beside it) for as long as this
-    process lives, or raise a ConfigError when another process holds it. The system drops the lock when the process
-    ends, crashed too, so nothing stays stuck. Returns the open lock file, which must be kept."""
-    run.parent.mkdir(parents=True, exist_ok=True)
-    lock = (run.parent / f".{run.name}.lock").open("a+")
+    """Hold the lock of the run directory `run` (created; the lock is its file `.lock`) for as long as this process
+    lives, or raise a ConfigError when another process holds it. The system drops the lock when the process ends,
+    crashed too, so nothing stays stuck. Returns the open lock file, which must be kept."""
+    make_dir(run)
+    lock = (run / ".lock").open("a+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

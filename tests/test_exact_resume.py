@@ -74,9 +74,14 @@ def assert_same_weights(a: MInterface, b: MInterface) -> None:
 
 
 @pytest.mark.parametrize("step", [3, 8, 13])  # mid-epoch 0, the end of epoch 0, mid-epoch 1
-@pytest.mark.parametrize("in_memory", ["auto", "off"])
-def test_a_run_resumed_after_any_step_ends_as_an_uninterrupted_one(tmp_path: Path, step: int, in_memory: str) -> None:
-    model = {**MLP, **SCHEDULE, "warmup": 6}  # dropout, a per-step schedule, a warm-up longer than the first crash
+@pytest.mark.parametrize(
+    ("in_memory", "schedule"),
+    [("auto", SCHEDULE), ("off", SCHEDULE), ("auto", {})],  # the warm-up alone, without a schedule to step it
+)
+def test_a_run_resumed_after_any_step_ends_as_an_uninterrupted_one(
+    tmp_path: Path, step: int, in_memory: str, schedule: dict[str, Any]
+) -> None:
+    model = {**MLP, **schedule, "warmup": 6}  # dropout, a per-step schedule, a warm-up longer than the first crash
     data = {**BLOBS, "batch_size": 16, "in_memory": in_memory, "num_workers": 0}
     whole = Seen()
     uninterrupted = fit(tmp_path / "whole", model, data, 3, whole)

@@ -112,6 +112,8 @@ def test_argv_gets_fit_and_expands_shorthands_idempotently() -> None:
     assert normalize_argv(once) == once
     assert normalize_argv(["test", "--model", "cfg.yaml"]) == ["test", "--model", "cfg.yaml"]
     assert normalize_argv(["--help"]) == ["--help"]
+    with pytest.raises(ConfigError, match="unknown subcommand 'fitt': did you mean fit"):
+        normalize_argv(["fitt", "--model", "linear"])
 
 
 def test_argv_selects_an_experiment_config_by_name_and_expands_aliases() -> None:

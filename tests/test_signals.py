@@ -123,7 +123,7 @@ def test_a_run_directory_is_resumed_by_one_process_at_a_time(tmp_path: Path) -> 
     lock_run(run).close()  # free again once the holder is done
     # A holder that crashes (here: one that holds the lock as lock_run does, then is killed) leaves nothing stuck.
     code = (
-        f"import fcntl, os, time; lock = open({str(tmp_path / '.version_0.lock')!r}, 'a+'); "
+        f"import fcntl, os, time; lock = open({str(run / '.lock')!r}, 'a+'); "
         "fcntl.flock(lock, fcntl.LOCK_EX); "
         "lock.truncate(0); lock.write(f'process {os.getpid()}'); lock.flush(); print('locked', flush=True); "
         "time.sleep(60)"

@@ -517,7 +517,8 @@ def test_the_command_line_cannot_turn_weights_only_loading_off_or_drop_the_check
     (tmp_path / "unsafe.yaml").write_text("weights_only: false\n")
     for unsafe in (("--weights_only", "false"), ("--config", "unsafe.yaml")):
         run = run_main("fit", "--model", "linear", *unsafe, cwd=tmp_path)
-        assert run.returncode == 2 and "weights_only" in run.stderr.splitlines()[-1], run.stderr[-2000:]
+        error = [line for line in run.stderr.splitlines() if line.startswith("error:")][-1]
+        assert run.returncode == 2 and "weights_only" in error, run.stderr[-2000:]
     io = "lightning.pytorch.plugins.io.TorchCheckpointIO"
     run = run_main("--model", "linear", "--trainer.plugins", io, cwd=tmp_path)
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-2000:]
