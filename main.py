@@ -682,12 +682,16 @@ def _binary_value(argv: list[str]) -> str:
     """The first option value in `argv` that names a file which is not UTF-8 text, other than a checkpoint."""
     tokens = [part for token in argv for part in token.split("=", 1)]
     for option, value in zip(tokens, tokens[1:], strict=False):
-        if option != "--ckpt_path" and Path(value).is_file():
-            try:
-                Path(value).read_bytes()[: 1 << 17].decode("utf-8")
-            except UnicodeDecodeError as error:
-                if error.start < (1 << 17) - 4:  # not a character cut in two at the end of what was read
-                    return f"{option} {value}"
+        if option == "--ckpt_path" or not Path(value).is_file():
+            continue
+        try:
+            with Path(value).open("rb") as file:
+                file.read(1 << 17).decode("utf-8")
+        except UnicodeDecodeError as error:
+            if error.start < (1 << 17) - 4:  # not a character cut in two at the end of what was read
+                return f"{option} {value}"
+        except OSError:  # unreadable: not the file jsonargparse read
+            continue
     return "a file given as an option's value"
 
 
