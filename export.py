@@ -113,7 +113,7 @@ def export(
     input_shape: Sequence[int] | None = None,
 ) -> dict[str, Path]:
     """Write the checkpoint's network into `out_dir` (created) in each of `formats`; returns {format: file}. A folder
-    or file that cannot be written (a full disk, a file named `out_dir`) is a `utils.WriteError` naming it.
+    or file that cannot be written (a full disk, a file named `out_dir`) is a `files.WriteError` naming it.
 
     `state_dict` is `model.pth` (`torch.save(net.state_dict())`), `torchscript` is `model.torchscript.pt`
     (`torch.jit.trace`, or `torch.jit.script` where tracing fails) and `onnx` is `model.onnx`, whose batch axis

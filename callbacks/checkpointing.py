@@ -30,8 +30,8 @@ class TrainingDiverged(ConfigError):
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file beside the target, fsyncs it and renames it onto the target, so
     that a crash, a Ctrl+C or a full disk mid-write leaves the previous checkpoint intact (a write refused is a
-    `utils.WriteError` naming the file and the system's reason; the temporary files of processes that died mid-save
-    are deleted by the next save into their folder); reads every checkpoint that the trainer
+    `files.WriteError` naming the file and the system's reason; the temporary files of processes that died mid-save
+    are deleted by this process's first save into their folder); reads every checkpoint that the trainer
     loads (resuming, `ckpt_path` of validate/test/predict, the best one after fit) as `trust.load_checkpoint` does,
     whatever `weights_only` Lightning asks for. Use with `trainer.plugins`; main.py always does.
 
@@ -40,13 +40,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     Remote paths (s3://...) are saved by Lightning's own method, and not read back.
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._swept: set[Path] = set()  # folders whose stale temporary files this process has deleted
+
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
         if not _is_local_file_protocol(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__}.save_checkpoint does not take storage_options")
         path = Path(path)
-        remove_stale_temporaries(path.parent, "*.ckpt")
+        if path.parent not in self._swept:  # once per folder: not a listing of the folder at every save
+            remove_stale_temporaries(path.parent, "*.ckpt")
+            self._swept.add(path.parent)
         # The temporary file is not named *.ckpt, so that nothing takes a half-written file for a checkpoint.
         write_atomically(path, lambda file: torch.save(checkpoint, file))
         return None

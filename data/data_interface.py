@@ -438,31 +438,40 @@ class TransformedDataset(Dataset):
         return self.transform(self.size(x, self.dataset, index) if self.size is not None else x)
 
 
-def item_name(dataset: Dataset, index: int) -> str:
-    """For messages: the file that item `index` of a split was read from, when its dataset reads files (a `files`
-    list, or `images` naming files, inside its `folder` if it has one), else its index in the dataset."""
-    while isinstance(dataset, (TransformedDataset, Subset, InMemorySplit)):
-        index = int(dataset.indices[index]) if isinstance(dataset, Subset) else index
+def _source(dataset: Dataset, indices: list[int]) -> tuple[Dataset, list[int]]:
+    """The dataset that a split's items at `indices` come from, and their indices in it."""
+    while isinstance(dataset, (TransformedDataset, Subset, InMemorySplit, SeededItems)):
+        if isinstance(dataset, Subset):
+            indices = [int(dataset.indices[i]) for i in indices]
         dataset = dataset.dataset
+    return dataset, indices
+
+
+def _file_names(dataset: Dataset) -> list[str | Path] | None:
+    """The file of each item, when the dataset reads files (a `files` list, or `images` naming files)."""
     names = getattr(dataset, "files", None) or getattr(dataset, "images", None)
-    if not (isinstance(names, list) and len(names) == len(dataset) and isinstance(names[index], (str, Path))):
-        return f"item {index} of {type(dataset).__name__}"
-    folder = getattr(dataset, "folder", None)
+    if isinstance(names, list) and names and len(names) == len(dataset) and isinstance(names[0], (str, Path)):
+        return names
+    return None
+
+
+def item_name(dataset: Dataset, index: int) -> str:
+    """For messages: the file that item `index` of a split was read from (inside the dataset's `folder` if it has
+    one), else its index in the dataset."""
+    source, (index,) = _source(dataset, [index])
+    names = _file_names(source)
+    if names is None:
+        return f"item {index} of {type(source).__name__}"
+    folder = getattr(source, "folder", None)
     return str(Path(folder, names[index]) if isinstance(folder, (str, Path)) else names[index])
 
 
 def item_ids(dataset: Dataset) -> list[str]:
-    """An id per item of a split, for prediction files: its file name when the dataset reads files (a `files`
-    list, or `images` naming files), else its index in the dataset it was split from."""
-    indices = list(range(len(dataset)))
-    while isinstance(dataset, (TransformedDataset, Subset, InMemorySplit)):
-        if isinstance(dataset, Subset):
-            indices = [int(dataset.indices[i]) for i in indices]
-        dataset = dataset.dataset
-    names = getattr(dataset, "files", None) or getattr(dataset, "images", None)
-    if isinstance(names, list) and names and isinstance(names[0], (str, Path)):
-        return [str(names[i]) for i in indices]
-    return [str(i) for i in indices]
+    """An id per item of a split, for prediction files: its file name when the dataset reads files, else its index
+    in the dataset it was split from."""
+    source, indices = _source(dataset, list(range(len(dataset))))
+    names = _file_names(source)
+    return [str(names[i]) if names is not None else str(i) for i in indices]
 
 
 def data_dims(example: tuple[Any, Any], classes: list[str] | None) -> dict[str, Any]:
