@@ -48,10 +48,10 @@ def signal_mid_epoch(proc: subprocess.Popen, signum: int) -> tuple[str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("devices", [1, 2])
-def test_sigterm_exits_non_zero_with_a_checkpoint_that_resumes_exactly(tmp_path: Path, devices: int) -> None:
-    args = (*DROPOUT, "--trainer.accelerator=cpu", f"--trainer.devices={devices}")
-    args += ("--trainer.strategy=ddp",) if devices > 1 else ()
+def test_sigterm_exits_non_zero_with_a_checkpoint_that_resumes_exactly(tmp_path: Path) -> None:
+    # On one device: under DDP, Lightning raises a SIGTERM on the process that received it at some points, not on
+    # all of them together, and a run stopped there can hang (see the README's signals section).
+    args = (*DROPOUT, "--trainer.accelerator=cpu", "--trainer.devices=1")
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     whole.mkdir()
     stopped.mkdir()
@@ -63,7 +63,7 @@ def test_sigterm_exits_non_zero_with_a_checkpoint_that_resumes_exactly(tmp_path:
     assert "error: stopped by SIGTERM at training step" in err and "Traceback" not in err
     assert "resume with the same command and --ckpt_path last" in err
     last = torch.load(stopped / "runs/mlp/version_0/checkpoints/last.ckpt", weights_only=True)
-    steps = 350 // devices  # per epoch: each device takes its share
+    steps = 350  # per epoch
     assert steps < last["global_step"] < 2 * steps  # in the middle of the second epoch
     resumed = run_main(*args, "--ckpt_path", "last", cwd=stopped)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
