@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
@@ -22,9 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
+import data_contract
 from files import make_dir, write_atomically, write_error
 from model.model_interface import MInterface
-from trust import load_checkpoint, shown
+from trust import load_checkpoint
 from utils import ConfigError, did_you_mean
 
 __all__ = ["DEFAULT_FORMATS", "FORMATS", "example_input", "export", "load_network", "onnx_missing"]
@@ -34,46 +34,19 @@ FORMATS = {"state_dict": "model.pth", "torchscript": "model.torchscript.pt", "on
 DEFAULT_FORMATS = tuple(FORMATS)
 # Formats that trace the network, and so need an input of the right shape.
 TRACED = ("torchscript", "onnx")
-# Input feature sizes of networks that have no size argument to read them from.
-FIXED_INPUT_SIZES = {"linear": 1}
 ONNX_PACKAGES = ("onnx", "onnxscript")
 # Above this many bytes of weights, ONNX keeps them in a `model.onnx.data` file next to the graph (protobuf's limit).
 ONNX_INLINE_LIMIT = 2**31 - 2**26
-# The largest example input traced (a 3 x 8192 x 8192 image is 2e8 values); a checkpoint's shape could ask for more.
-MAX_EXAMPLE_VALUES = 2**28
-MAX_INPUT_AXES = 8
 
 
 def example_input(hparams: Mapping[str, Any], input_shape: Sequence[int] | None = None) -> torch.Tensor | None:
     """A random input batch of one, [1, ...], for tracing the network of a checkpoint with these hyperparameters.
 
-    The shape is `input_shape` when given, else from `net_args`: `in_channels` with `image_size` gives an image
-    [1, C, H, W], `input_size` a flat [1, input_size], and the straight line `linear` takes [1, 1]. None when
-    they do not tell, as for conv nets that take images of any size and keep only `in_channels`.
+    Its shape is `input_shape` when given (by the user, or as the checkpoint recorded it from its data), else what
+    the network's size arguments tell; None when nothing tells (see `data_contract.input_shape`).
     """
-    net_args = hparams.get("net_args")
-    net_args = net_args if isinstance(net_args, dict) else {}
-    if input_shape is not None:
-        shape = list(input_shape) if isinstance(input_shape, (list, tuple)) else [input_shape]
-    elif net_args.get("in_channels") is not None and net_args.get("image_size") is not None:
-        size = net_args["image_size"]
-        shape = [net_args["in_channels"], *([size, size] if isinstance(size, int) else size)]
-    elif net_args.get("input_size") is not None:
-        shape = [net_args["input_size"]]
-    elif hparams.get("net") in FIXED_INPUT_SIZES:
-        shape = [FIXED_INPUT_SIZES[hparams["net"]]]
-    else:
-        return None
-    if not 0 < len(shape) <= MAX_INPUT_AXES or not all(type(size) is int and size >= 1 for size in shape):
-        got = ", ".join(shown(size) for size in shape[:MAX_INPUT_AXES])
-        if len(shape) > MAX_INPUT_AXES:
-            got += ", ..."
-        raise ConfigError(
-            f"input_shape must be one input's sizes, 1 to {MAX_INPUT_AXES} integers >= 1 (no batch axis), got [{got}]"
-        )
-    if math.prod(shape) > MAX_EXAMPLE_VALUES:
-        raise ConfigError(f"input_shape {shape} is more than {MAX_EXAMPLE_VALUES:,} values for one input: too large")
-    return torch.randn(1, *shape)
+    shape = data_contract.input_shape(hparams.get("net_args"), input_shape)
+    return None if shape is None else torch.randn(1, *shape)
 
 
 def onnx_missing() -> list[str]:
@@ -84,7 +57,8 @@ def onnx_missing() -> list[str]:
 def load_network(
     ckpt_path: str | Path, *, input_shape: Sequence[int] | None = None
 ) -> tuple[MInterface, torch.Tensor | None]:
-    """The checkpoint's model in eval mode on the CPU, and an example input for it (see `example_input`).
+    """The checkpoint's model in eval mode on the CPU, and an example input for it: of `input_shape` when given,
+    else of the shape the checkpoint recorded from the data it was trained on (see `example_input`).
 
     The file is read with weights-only unpickling only: one that holds anything but plain data and tensors is
     refused before any of it runs.
@@ -93,7 +67,7 @@ def load_network(
     checkpoint = load_checkpoint(path)
     if "hyper_parameters" not in checkpoint:
         raise ConfigError(f"--ckpt_path {path}: not a checkpoint of this template (it has no hyper_parameters)")
-    input_shape = input_shape or checkpoint.get("example_input_shape")
+    input_shape = input_shape or checkpoint.get(data_contract.INPUT_SHAPE_KEY)
     hparams = checkpoint["hyper_parameters"]
     del checkpoint
     try:
@@ -117,8 +91,8 @@ def export(
 
     `state_dict` is `model.pth` (`torch.save(net.state_dict())`), `torchscript` is `model.torchscript.pt`
     (`torch.jit.trace`, or `torch.jit.script` where tracing fails) and `onnx` is `model.onnx`, whose batch axis
-    is dynamic. The traced formats need the shape of one input: from the checkpoint (see `example_input`) or
-    `input_shape`, e.g. (1, 28, 28) for MNIST images.
+    is dynamic. The traced formats need the shape of one input: `input_shape`, e.g. (1, 28, 28) for MNIST images,
+    or else the shape of the data the checkpoint's network was trained on, which the checkpoint records.
 
     ONNX needs the `onnx` and `onnxscript` packages. Without them, "onnx" is an error when asked for, and is
     skipped with a note when it only came with the default formats.

@@ -35,17 +35,26 @@ PLACE_ERRNOS = frozenset(
 
 
 def run_dir(trainer: Any) -> Path | None:
-    """The run directory that global rank 0 writes files into (created), or None on other ranks and when there is
-    none (fast_dev_run). As Lightning's `trainer.log_dir`, which must be called on every rank (it broadcasts):
-    this one can be called on rank 0 alone."""
-    if not trainer.is_global_zero:
+    """The run directory that global rank 0 writes files into (created), or None on other ranks and under
+    fast_dev_run. It is the first logger's `log_dir` (TensorBoard's and CSV's save_dir/name/version_N); for a logger
+    without one (MLflow, W&B), the folder that Lightning saves the run's checkpoints in, less `checkpoints`:
+    save_dir/name/version (for MLflow with a local store, its run's own folder); with no logger, default_root_dir.
+    Lightning's `trainer.log_dir` must be called on every rank (it broadcasts) and gives an MLflow or W&B logger's
+    save_dir, which all its runs share: this one can be called on rank 0 alone."""
+    if not trainer.is_global_zero or trainer.fast_dev_run:
         return None
     logger = trainer.logger
-    path = trainer.default_root_dir if logger is None else getattr(logger, "log_dir", None) or logger.save_dir
-    if not path:
+    if logger is None:
+        path = Path(trainer.default_root_dir)
+    elif getattr(logger, "log_dir", None):
+        path = Path(logger.log_dir)
+    elif logger.version is None:  # a run that has not begun yet (W&B's, before its experiment starts)
         return None
-    make_dir(Path(path))
-    return Path(path)
+    else:
+        version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+        path = Path(logger.save_dir or trainer.default_root_dir, str(logger.name), version)
+    make_dir(path)
+    return path
 
 
 def make_dir(path: Path) -> None:

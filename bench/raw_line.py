@@ -1,5 +1,5 @@
-"""Seed 001's script as it is written: the straight line y = 0.7x + 0.3, L1 loss, SGD, 1000 epochs, a test pass
-every epoch, a plot of the predictions, and the state_dict saved and loaded back.
+"""The straight-line regression as a plain PyTorch script, as a first tutorial writes it: y = 0.7x + 0.3, L1 loss,
+SGD, 1000 epochs, a test pass every epoch, a plot of the predictions, and the state_dict saved and loaded back.
 
     python bench/raw_line.py --out_dir DIR --report out.json
 """

@@ -1,4 +1,4 @@
-"""The loop as the seed notes write it: a torchvision dataset with ToTensor, a standard DataLoader, five steps.
+"""The textbook loop: a torchvision dataset with ToTensor, a standard DataLoader, the five steps of a training step.
 
 python bench/raw_naive.py mlp --data-root ../shared/data --report out.json
 """

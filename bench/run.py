@@ -1,14 +1,14 @@
-"""The benchmark: the template against the seed notes' plain loops, side by side, in one run.
+"""The benchmark: the template against plain PyTorch training loops, side by side, in one run.
 
     python bench/run.py                                  # all workloads, 3 repeats, MNIST from ../shared/data
     python bench/run.py --workloads mlp --repeats 5 --epochs mlp=2
     python bench/run.py --device cuda                    # on a GPU: also bf16-mixed, channels_last, compile
 
-Per workload (the straight line of seed 001, the MLP and the CNN on MNIST) it runs, in turn and repeated:
-`raw-naive` (bench/raw_naive.py, or seed 001's script for the line), `raw-tensor` (bench/raw_tensor.py) and
-`template` (`python main.py ...` with the same net, optimizer, batch size, epochs, split and seed, logging,
-checkpointing and progress bar on). Each is a fresh process, timed from its launch. It writes
-bench/RESULTS.md (medians, spreads and the ratios against the targets), bench/ratios.png and the numbers in
+Per workload (the straight-line regression y = 0.7x + 0.3, the MLP and the CNN on MNIST) it runs, in turn and
+repeated: `raw-naive` (bench/raw_naive.py, the textbook loop; for the line, bench/raw_line.py, a plain script),
+`raw-tensor` (bench/raw_tensor.py) and `template` (`python main.py ...` with the same net, optimizer, batch size,
+epochs, split and seed, logging, checkpointing and progress bar on). Each is a fresh process, timed from its launch.
+It writes bench/RESULTS.md (medians, spreads and the ratios against the targets), bench/ratios.png and the numbers in
 bench/results.json.
 """
 
@@ -256,7 +256,7 @@ def write_report(measured: dict[str, Any], out_dir: Path) -> list[tuple[str, flo
             "|---|---|---|---|---|---|",
         ]
         if workload == "line":
-            out[-2:-2] = ["`raw-naive` is seed 001's script itself, which already trains on tensors.", ""]
+            out[-2:-2] = ["`raw-naive` is bench/raw_line.py, a plain script that already trains on tensors.", ""]
         for impl, summary in by_impl.items():
             if workload == "line":
                 result = (

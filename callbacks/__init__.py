@@ -3,8 +3,11 @@
 from callbacks.checkpointing import AtomicCheckpointIO, FiniteLossGuard, ResumableCheckpoint, TrainingDiverged
 from callbacks.classification_figures import ClassificationFigures
 from callbacks.gpu_memory import GPUMemoryFraction
+from callbacks.learned_parameters import LearnedParameters
 from callbacks.plot_predictions import PlotPredictions
+from callbacks.predictions_writer import PredictionsWriter
 from callbacks.progress_bar import ProgressBar
+from callbacks.results import RunResults
 from callbacks.training_summary import TrainingSummary
 
 __all__ = [
@@ -12,9 +15,12 @@ __all__ = [
     "ClassificationFigures",
     "FiniteLossGuard",
     "GPUMemoryFraction",
+    "LearnedParameters",
     "PlotPredictions",
+    "PredictionsWriter",
     "ProgressBar",
     "ResumableCheckpoint",
+    "RunResults",
     "TrainingDiverged",
     "TrainingSummary",
 ]

@@ -9,8 +9,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
-from lightning.fabric.utilities.types import _PATH
+from fsspec.utils import get_protocol
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch.strategies import Strategy
@@ -19,6 +18,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks._console import print_line
 from files import remove_stale_temporaries, write_atomically
+from lightning_internals import saved_last_at_this_step
 from trust import load_checkpoint
 from utils import ConfigError, DataError
 
@@ -44,8 +44,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         super().__init__()
         self._swept: set[Path] = set()  # folders whose stale temporary files this process has deleted
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
-        if not _is_local_file_protocol(path):
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
+        if get_protocol(str(path)) != "file":
             return super().save_checkpoint(checkpoint, path, storage_options)
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__}.save_checkpoint does not take storage_options")
@@ -58,7 +58,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return None
 
     def load_checkpoint(
-        self, path: _PATH, map_location: Any = None, weights_only: bool | None = None
+        self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
         """The checkpoint at `path` as `trust.load_checkpoint` reads it: onto the CPU, and weights-only always. Bare
         weights are accepted too: ddp_spawn hands the trained ones back to the main process so."""
@@ -127,20 +127,18 @@ class ResumableCheckpoint(ModelCheckpoint):
             return
         cause = "SIGTERM" if isinstance(exception, SIGTERMException) else type(exception).__name__
         stopped = f"Training stopped by {cause} at step {trainer.global_step}"
-        written = self._last_checkpoint_saved == self.last_model_path  # last.ckpt, not a link to it
-        if not (written and self._last_global_step_saved == trainer.global_step):
-            save_last, self.save_last = self.save_last, True
+        if not saved_last_at_this_step(self, trainer):
+            path = self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
             try:
-                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+                trainer.save_checkpoint(path)
             except Exception as error:  # a full disk fails this save too: the error that stopped training must surface
                 print_line(
                     trainer,
-                    f"{stopped}; saving last.ckpt failed as well ({_described(error)}); --ckpt_path last resumes from "
-                    "the newest checkpoint saved before",
+                    f"{stopped}; saving last.ckpt failed as well ({_described(error)}); --ckpt_path last resumes "
+                    "from the newest checkpoint saved before",
                 )
                 return
-            finally:
-                self.save_last = save_last
+            self.last_model_path = path
         if isinstance(exception, TrainingDiverged):
             # Resuming would bring back the checkpoint's hyperparameters, and with them the divergence.
             print_line(trainer, f"{stopped}; the last finite weights are in {self.last_model_path}")

@@ -1,4 +1,4 @@
-"""Seed 001's `plot_predictions` picture for one-feature regression, drawn after each test."""
+"""The picture of a one-feature regression: the data points with the predictions, drawn after each test."""
 
 from __future__ import annotations
 

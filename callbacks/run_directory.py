@@ -69,6 +69,12 @@ class RunDirectory(SaveConfigCallback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if not self.already_saved and not trainer.fast_dev_run:
             log_dir = trainer.log_dir  # on every process: it broadcasts
+            config = Path(log_dir or ".") / self.config_filename
+            if trainer.strategy.broadcast(bool(log_dir) and not self.overwrite and config.exists()):
+                raise ConfigError(
+                    f"{config} exists: {log_dir} holds a run already, which this one would overwrite; move it away "
+                    "or keep a logger (the default TensorBoard one), which gives each run a folder of its own"
+                )
             if trainer.is_global_zero and log_dir:
                 self.lock = lock_run(Path(log_dir))
         super().setup(trainer, pl_module, stage)

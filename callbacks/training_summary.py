@@ -1,4 +1,4 @@
-"""One line when training starts, one per epoch with its metrics, and a final report: the seed notes' print callback."""
+"""Prints a line when training starts, one per epoch with its metrics, and a final report, as a plain loop would."""
 
 from __future__ import annotations
 

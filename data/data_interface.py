@@ -24,6 +24,7 @@ from data._in_memory import (
     whole_batch,
 )
 from data._sampling import EpochShuffle, SeededItems
+from data_contract import data_dims
 from trust import check_plain, checked_load_arguments, shown
 from utils import ConfigError, DataError, construct, find_class
 
@@ -40,6 +41,11 @@ class DInterface(pl.LightningDataModule):
     split at random into train, val and test. Random splits use `split_seed`, never the global seed, so they
     stay the same whatever the training seed.
 
+    With `num_folds` K, k-fold cross-validation: the training data (train and val together, never the test split,
+    which stays the one of the run without folds) is dealt into K folds with `split_seed`, stratified by class when
+    a classification dataset has `targets` or `labels` (a class index per item): each fold holds each class's items
+    to within one. Fold `fold` is the validation split, the other K - 1 train; `val_fraction` is then not used.
+
     Image data (items whose input is a C x H x W tensor) gets the transforms below; augmentation touches the
     training split only.
 
@@ -50,18 +56,20 @@ class DInterface(pl.LightningDataModule):
     path serves everything else, through DataLoader workers.
 
     After `setup`, `example` is one item as the model sees it in evaluation, `dims` describes the data for the
-    model (see `data_dims`) and `classes` holds the class names of a classification dataset (its `classes`
-    attribute). Data a model cannot learn from is a DataError naming what is wrong: a single class, a training split
-    of one class (seen without reading the items when the dataset has `targets` or `labels`, a label per item),
-    images that are not of one size once resized.
+    model (see `data_contract.data_dims`) and `classes` holds the class names of a classification dataset (its
+    `classes` attribute). Data a model cannot learn from is a DataError naming what is wrong: a single class, a
+    training split of one class (seen without reading the items when the dataset has `targets` or `labels`, a label
+    per item), images that are not of one size once resized.
 
     Args:
         dataset: Dataset file in `data/`, without `.py`.
         dataset_args: Constructor arguments of that dataset (on the command line: `--data.dataset_args.NAME VALUE`).
-        val_fraction: Share of the training data held out for validation.
+        val_fraction: Share of the training data held out for validation (without folds).
         test_fraction: Share held out for testing; only for datasets without a test split of their own
             (default 0.2 for them).
-        split_seed: Seed of the random splits.
+        split_seed: Seed of the random splits and of the folds.
+        num_folds: Split the training data into this many folds for cross-validation (see above); null for none.
+        fold: The fold that is the validation split, 0 to num_folds - 1 (with num_folds only).
         batch_size: Samples per batch.
         in_memory: `auto` holds the data as tensors when it can and fits, `cpu` always does (an error if it
             cannot), `device` holds it on the training device (a GPU: no copy per batch), `off` serves it item
@@ -83,6 +91,8 @@ class DInterface(pl.LightningDataModule):
         val_fraction: float = 0.2,
         test_fraction: float | None = None,
         split_seed: int = 42,
+        num_folds: int | None = None,
+        fold: int | None = None,
         batch_size: int = 32,
         in_memory: Literal["auto", "cpu", "device", "off"] = "auto",
         num_workers: int | None = None,
@@ -108,6 +118,12 @@ class DInterface(pl.LightningDataModule):
                 f"data.test_fraction must be in [0, 1) and leave training data next to val_fraction={val_fraction}, "
                 f"got {self.test_fraction}"
             )
+        if num_folds is None and fold is not None:
+            raise ConfigError(f"data.fold {fold} needs data.num_folds (the number of folds it is one of)")
+        if num_folds is not None and num_folds < 2:
+            raise ConfigError(f"data.num_folds must be >= 2 (or null for no folds), got {num_folds}")
+        if num_folds is not None and not (fold is not None and 0 <= fold < num_folds):
+            raise ConfigError(f"data.fold must be one of 0 to {num_folds - 1} (data.num_folds {num_folds}), got {fold}")
         if batch_size < 1 or (num_workers or 0) < 0:
             raise ConfigError(f"data.batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
         if persistent_workers and not num_workers:
@@ -167,6 +183,8 @@ class DInterface(pl.LightningDataModule):
             self.train_set, self.val_set, self.test_set = random_split(
                 pool, [1 - val - test, val, test], generator=generator
             )
+        if self.hparams.num_folds is not None:
+            self.train_set, self.val_set = self._fold_splits(pool)
         for name, split in (("train", self.train_set), ("val", self.val_set), ("test", self.test_set)):
             if len(split) == 0:
                 raise ConfigError(
@@ -204,15 +222,8 @@ class DInterface(pl.LightningDataModule):
         if len(self.classes) < 2:
             has = f"a single class ({self.classes[0]!r})" if self.classes else "no classes"
             raise DataError(f"dataset {name!r} has {has}: a classifier needs two or more; add data of another class")
-        labels = getattr(self.dataset, "targets", None)
-        labels = getattr(self.dataset, "labels", None) if labels is None else labels
-        if labels is None or len(labels) != len(self.dataset):
-            return
-        try:
-            labels = torch.as_tensor(labels)
-        except (TypeError, ValueError):  # not class indices: nothing to check them by
-            return
-        if labels.dim() != 1 or labels.is_floating_point():
+        labels = class_labels(self.dataset)
+        if labels is None:
             return
         seen = set(labels[self.train_set.indices].tolist())
         if len(seen) < 2:
@@ -222,6 +233,20 @@ class DInterface(pl.LightningDataModule):
                 f"the training split of dataset {name!r} holds class {shown!r} alone ({len(self.train_set)} items): a "
                 "classifier learns nothing from one class; add training data of other classes"
             )
+
+    def _fold_splits(self, pool: Dataset) -> tuple[Subset, Subset]:
+        """The training and validation splits of fold `fold` of `num_folds`, from the items of `pool` outside the test
+        split (see the class docstring)."""
+        k, fold = self.hparams.num_folds, self.hparams.fold
+        items = torch.tensor(sorted([*self.train_set.indices, *self.val_set.indices]), dtype=torch.long)
+        if k > len(items):
+            raise ConfigError(
+                f"data.num_folds {k}: the training data of {self.hparams.dataset!r} has {len(items)} items, fewer than "
+                "the folds; use fewer folds"
+            )
+        labels = class_labels(pool) if getattr(pool, "classes", None) is not None else None  # classification only
+        folds = fold_of_items(items, labels, k, self.hparams.split_seed)
+        return Subset(pool, items[folds != fold].tolist()), Subset(pool, items[folds == fold].tolist())
 
     def _image_transforms(self, image: torch.Tensor) -> tuple[list[Callable], list[Callable], list[Callable]]:
         """The resizing, augmentation and normalisation steps: training applies all three, evaluation no
@@ -362,6 +387,37 @@ class DInterface(pl.LightningDataModule):
         return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
 
 
+def class_labels(dataset: Dataset) -> torch.Tensor | None:
+    """The class index of each item, when the dataset lists them in `targets` or `labels` (read without reading the
+    items); None otherwise, or when they are not class indices."""
+    labels = getattr(dataset, "targets", None)
+    labels = getattr(dataset, "labels", None) if labels is None else labels
+    if labels is None or len(labels) != len(dataset):
+        return None
+    try:
+        labels = torch.as_tensor(labels)
+    except (TypeError, ValueError):
+        return None
+    return None if labels.dim() != 1 or labels.is_floating_point() else labels
+
+
+def fold_of_items(items: torch.Tensor, labels: torch.Tensor | None, k: int, seed: int) -> torch.Tensor:
+    """The fold, 0 to k - 1, of each of `items` (indices into a dataset whose class indices are `labels`, or None).
+
+    The items are shuffled with `seed` and dealt to the folds in turn, one class after another when the labels are
+    known, so each fold has each class's items to within one (stratified) and the folds' sizes differ by one at most.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    order = items[torch.randperm(len(items), generator=generator)]
+    if labels is not None:
+        # A stable sort by class keeps the shuffled order within each class.
+        order = order[torch.sort(labels[order], stable=True).indices]
+    folds = torch.empty(len(items), dtype=torch.long)
+    position = torch.searchsorted(items, order)  # where each dealt item sits in `items`
+    folds[position] = torch.arange(len(items)) % k
+    return folds
+
+
 def start_worker(worker_id: int) -> None:
     """Set up a loader worker: it leaves a SIGTERM sent to the whole job (as SLURM sends it) to the main process,
     which stops at the next step and then ends its workers; a worker ended by it would be a crash. Then Lightning's
@@ -472,19 +528,3 @@ def item_ids(dataset: Dataset) -> list[str]:
     source, indices = _source(dataset, list(range(len(dataset))))
     names = _file_names(source)
     return [str(names[i]) if names is not None else str(i) for i in indices]
-
-
-def data_dims(example: tuple[Any, Any], classes: list[str] | None) -> dict[str, Any]:
-    """What the model needs to know about the data, from one transformed item and the class names.
-
-    `input_size` (features per input), `output_size` (outputs per item: the number of classes, or the
-    target's size for regression), and for classification `num_classes`, for images `in_channels` and
-    `image_size` [height, width]. A network whose constructor has parameters of these names gets them.
-    """
-    x, y = (torch.as_tensor(v) for v in example)
-    dims: dict[str, Any] = {"input_size": x.numel(), "output_size": len(classes) if classes else y.numel()}
-    if classes:
-        dims["num_classes"] = len(classes)
-    if x.dim() == 3:
-        dims["in_channels"], dims["image_size"] = x.shape[0], list(x.shape[1:])
-    return dims

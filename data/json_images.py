@@ -1,4 +1,4 @@
-"""Seed 000's CIFAR10_IMG layout: image files listed, with their labels, in one JSON file per split."""
+"""The JSON-annotated image folder (CIFAR-10 layout): image files and their labels listed in one JSON file per split."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Seed 001's data: points on the straight line y = weight * x + bias."""
+"""The straight-line regression's data: points on the line y = weight * x + bias."""
 
 import torch
 from torch.utils.data import Dataset
@@ -7,8 +7,8 @@ from torch.utils.data import Dataset
 class LineDataset(Dataset):
     """`x` from `start` to `end` (excluded) by `step`, `y = weight * x + bias` plus optional Gaussian noise.
 
-    As in the seed, the split is by position: the first `train_fraction` of the points train, the rest test,
-    so the test points lie beyond the training range.
+    The split is by position: the first `train_fraction` of the points train, the rest test, so the test points lie
+    beyond the training range.
 
     Args:
         train: The training part if True, else the test part.

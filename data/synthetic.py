@@ -12,7 +12,7 @@ class SyntheticClassification(Dataset):
 
     Args:
         num_samples: Number of points, spread evenly over the classes.
-        num_features: Dimension of each point (seed 000's MLP takes 20).
+        num_features: Dimension of each point (the MLP's default input size is 20).
         num_classes: Number of classes.
         class_sep: Scale of the class centres relative to the unit spread of each cloud.
         seed: Seed of the centres and the points.

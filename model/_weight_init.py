@@ -1,4 +1,4 @@
-"""Seed 002's `initialize_weights`, generalised: one initialisation scheme for every conv and linear layer."""
+"""Weight initialisation of conv and linear layers: one scheme, chosen by name, for every such layer."""
 
 import torch
 from torch import nn
@@ -30,7 +30,7 @@ def detect_nonlinearity(net: nn.Module) -> tuple[str, float | None]:
 
     ReLU, LeakyReLU, Tanh, Sigmoid and SELU map to their own rule. Any other activation (GELU, SiLU, ELU, Mish...)
     maps to "relu", the closest rule for those ReLU-like functions, and so does a net with no activation module
-    (one that calls `F.relu` in `forward`, as seed 000's MLP does).
+    (one that calls `F.relu` in `forward`, for instance).
     """
     for module in net.modules():
         if isinstance(module, nn.LeakyReLU):

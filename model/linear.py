@@ -1,4 +1,4 @@
-"""Seed 001's straight-line model: y = weight * x + bias with both parameters learned."""
+"""The straight-line regression model: y = weight * x + bias with both parameters learned."""
 
 import torch
 from torch import nn

@@ -1,4 +1,4 @@
-"""Seeds 000 and 004's multilayer perceptron (20→256→10, 1000→100→10), with configurable widths."""
+"""The multilayer perceptron, with configurable widths: 20→256→10 by default, 1000→100→10 or any other."""
 
 import torch
 from torch import nn

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -11,12 +10,20 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from data_contract import (
+    INPUT_SHAPE_KEY,
+    check_fits,
+    check_task,
+    input_shape,
+    record_input_shape,
+    sized_net_args,
+    unset_sizes,
+)
+from lightning_internals import logger_writes_this_step
 from model._lr_schedule import LinearWarmup, lr_lambda
 from trust import check_plain, checked_load_arguments
 from utils import ConfigError, DataError, construct, find_class
 
-# Constructor parameters of a network that the data fills in when they are not set (see `data_dims`).
-DATA_DIMS = ("input_size", "output_size", "num_classes", "in_channels", "image_size")
 # A network argument naming pretrained weights to start from; checkpoints drop it, as they hold the trained weights.
 PRETRAINED_ARG = "weights_path"
 CLASSIFICATION_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss)
@@ -60,8 +67,8 @@ def _nonfinite(value: Any, device: torch.device) -> torch.Tensor:
 class MInterface(pl.LightningModule):
     """Trains the `nn.Module` defined in `model/<net>.py`; that file stays plain PyTorch.
 
-    The network's size parameters named in `DATA_DIMS` (num_classes, in_channels, input_size...) come from the
-    data when left unset; a value set by hand must agree with the data. A classification loss
+    The network's size parameters (num_classes, in_channels, input_size...) come from the data when left unset;
+    a value set by hand must agree with the data (see `data_contract`). A classification loss
     (CrossEntropyLoss, NLLLoss) makes this a classifier: accuracy is logged per split with torchmetrics, synced
     across devices (with top-5 accuracy above 5 classes for validation and test), and the best validation
     accuracy so far.
@@ -110,7 +117,7 @@ class MInterface(pl.LightningModule):
         lr_scheduler_args: dict[str, Any] | None = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
         lr_scheduler_monitor: str = "val/loss",
-        warmup: float = 0,
+        warmup: float = 0.0,
         warmup_start_factor: float = 0.0,
         init: str | None = None,
         init_bias: float = 0.0,
@@ -146,7 +153,7 @@ class MInterface(pl.LightningModule):
         self._train_loss: tuple[torch.Tensor | float, int] = (0.0, 0)  # loss summed over the items since the last log
         self._resumed: dict[str, Any] | None = None  # what a checkpoint to resume from carries besides weights
         self._eval_counts: dict[str, torch.Tensor] = {}  # per evaluation stage: counts of batches, see `_evaluate`
-        if not self._unset_dims(net_args or {}):
+        if not unset_sizes(self.net_class, net_args or {}):
             self._build_net(net_args or {})
 
     @classmethod
@@ -163,11 +170,6 @@ class MInterface(pl.LightningModule):
         kwargs = checked_load_arguments(checkpoint_path, hparams_file, weights_only, kwargs)
         return super().load_from_checkpoint(checkpoint_path, map_location, strict=strict, weights_only=True, **kwargs)
 
-    def _unset_dims(self, net_args: dict[str, Any]) -> list[str]:
-        """The data-given parameters of the network that `net_args` leaves unset."""
-        parameters = inspect.signature(self.net_class).parameters
-        return [name for name in DATA_DIMS if name in parameters and net_args.get(name) is None]
-
     def _build_net(self, net_args: dict[str, Any]) -> None:
         if self.hparams.init is not None and net_args.get(PRETRAINED_ARG):
             raise ConfigError(f"model.init would overwrite the pretrained net_args.{PRETRAINED_ARG}: drop one of them")
@@ -182,71 +184,30 @@ class MInterface(pl.LightningModule):
             self.net.compile()
 
     def setup(self, stage: str) -> None:
-        """Fit the network to the data module's data (see `data_dims`) and create the metrics."""
-        dims = getattr(self.trainer.datamodule, "dims", None) or {}
-        net_args = dict(self.hparams.get("net_args") or {})
-        for name in DATA_DIMS:
-            given = net_args.get(name)
-            if name in dims and given is not None and given != dims[name]:
-                raise ConfigError(
-                    f"model.net_args.{name} is {given} but the data ({self.trainer.datamodule.hparams.dataset}) "
-                    f"has {dims[name]}: remove the setting, it is taken from the data"
-                )
+        """Size the network from the data module's description of its data (see `data_contract`), check that the
+        two fit, and create the metrics."""
+        datamodule = self.trainer.datamodule
+        dims = getattr(datamodule, "dims", None) or {}
+        data = getattr(datamodule, "hparams", {}).get("dataset", type(datamodule).__name__)  # for messages
+        sized = sized_net_args(
+            self.net_class, self.hparams.get("net_args") or {}, dims, net=self.hparams.net, data=data
+        )
         if self.net is None:
-            unset = self._unset_dims(net_args)
-            missing = [name for name in unset if name not in dims]
-            if missing:
-                raise ConfigError(
-                    f"model {self.hparams.net!r} needs {', '.join(missing)}, which the data does not give: "
-                    f"set --model.net_args.{missing[0]}"
-                )
-            net_args.update({name: dims[name] for name in unset})
             # The checkpoint keeps the filled-in values, so that it loads without the data.
-            self.save_hyperparameters({**self.hparams, "net_args": net_args})
-            self._build_net(net_args)
+            self.save_hyperparameters({**self.hparams, "net_args": sized})
+            self._build_net(sized)
         if not dims:
             return
         if self.hparams.channels_last and "image_size" not in dims:
             raise ConfigError(
-                f"model.channels_last is for conv nets on images, but the data "
-                f"({self.trainer.datamodule.hparams.dataset}) has no images: remove it"
+                f"model.channels_last is for conv nets on images, but the data ({data}) has no images: remove it"
             )
-        self._check_fits_the_data(dims)
-        # One input batch, for the model summary's sizes and TensorBoard's graph (`log_graph`).
-        self.example_input_array = torch.as_tensor(self.trainer.datamodule.example[0]).unsqueeze(0)
+        check_task(self.classification, self.hparams.loss, dims, data)
+        # One input batch: for the model summary's sizes, TensorBoard's graph (`log_graph`) and export's tracing.
+        self.example_input_array = example = torch.as_tensor(datamodule.example[0]).unsqueeze(0)
+        check_fits(self.net, self._batch_format(example.to(self.device)), dims["output_size"], name=self.hparams.net)
         if self.classification and self.metrics is None:
             self.metrics = _classification_metrics(dims["num_classes"])
-
-    def _check_fits_the_data(self, dims: dict[str, Any]) -> None:
-        """Run one example through the network, so that a mismatch is a clear error and not a crash mid-epoch."""
-        if self.classification and "num_classes" not in dims:
-            raise ConfigError(
-                f"loss {self.hparams.loss} classifies, but the data ({self.trainer.datamodule.hparams.dataset}) "
-                "has no classes: use a regression loss such as L1Loss or MSELoss"
-            )
-        if not self.classification and "num_classes" in dims:
-            raise ConfigError(
-                f"the data ({self.trainer.datamodule.hparams.dataset}) has {dims['num_classes']} classes but "
-                f"loss {self.hparams.loss} is a regression loss: use CrossEntropyLoss"
-            )
-        x, _ = self.trainer.datamodule.example
-        training = self.net.training
-        self.net.eval()
-        try:
-            with torch.no_grad():
-                # `forward`, not a call, which would compile a compiled net for this one evaluation.
-                out = self.net.forward(self._batch_format(torch.as_tensor(x).unsqueeze(0).to(self.device)))
-        except RuntimeError as error:
-            raise ConfigError(
-                f"model {self.hparams.net!r} cannot take the data's inputs of shape {list(x.shape)}: {error}"
-            ) from error
-        finally:
-            self.net.train(training)
-        if out.shape[1:].numel() != dims["output_size"]:
-            raise ConfigError(
-                f"model {self.hparams.net!r} gives {out.shape[1:].numel()} outputs per item but the data needs "
-                f"{dims['output_size']}: check its size arguments (--model.net_args.*)"
-            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self._batch_format(x))
@@ -271,11 +232,7 @@ class MInterface(pl.LightningModule):
         more than a small model's whole step, so it is not called at every one."""
         total, count = self._train_loss
         self._train_loss = (total + loss * batch_size, count + batch_size)
-        # Lightning's own per-step callbacks (LearningRateMonitor) ask these questions the same way; the logger
-        # writes only once the accumulated gradients are applied.
-        trainer = self.trainer
-        logs = trainer._logger_connector.should_update_logs and not trainer.fit_loop._should_accumulate()
-        if last or logs or trainer.fast_dev_run:
+        if last or logger_writes_this_step(self.trainer) or self.trainer.fast_dev_run:
             total, count = self._train_loss
             self.log("train/loss", total / count, prog_bar=True, batch_size=batch_size)
             self._train_loss = (0.0, 0)
@@ -341,6 +298,11 @@ class MInterface(pl.LightningModule):
             if torch.cuda.is_available() and self._resumed["rng"].get("cuda"):
                 torch.cuda.set_rng_state_all(self._resumed["rng"]["cuda"])
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Data served by plain loaders, without a data module to describe it: checkpoints record its input's shape.
+        if self.example_input_array is None:
+            self.example_input_array = torch.zeros_like(batch[0][:1], device="cpu")
+
     def on_train_start(self) -> None:
         # Only this run counts: not a finder's trial steps (lr_find, scale_batch_size) before it.
         self._train_loss = (0.0, 0)
@@ -383,8 +345,8 @@ class MInterface(pl.LightningModule):
         net_args = checkpoint["hyper_parameters"].get("net_args") or {}
         if net_args.get(PRETRAINED_ARG):
             checkpoint["hyper_parameters"]["net_args"] = {**net_args, PRETRAINED_ARG: None}
-        if self.example_input_array is not None:  # for exporting a traced network (export.py)
-            checkpoint["example_input_shape"] = list(self.example_input_array.shape[1:])
+        if self.example_input_array is not None:  # for tracing the network on export
+            record_input_shape(checkpoint, self.example_input_array)
         checkpoint["resume"] = {"rng": {"torch": torch.get_rng_state()}}
         if torch.cuda.is_available():
             checkpoint["resume"]["rng"]["cuda"] = torch.cuda.get_rng_state_all()
@@ -401,6 +363,11 @@ class MInterface(pl.LightningModule):
                 "give another checkpoint"
             )
         self._resumed = resumed
+        # A model loaded for use gets the example input of the data it was trained on, which Lightning's `to_onnx`
+        # and `to_torchscript(method="trace")` trace with; a model set up on data has its own already.
+        if self.example_input_array is None:
+            shape = input_shape(self.hparams.get("net_args"), checkpoint.get(INPUT_SHAPE_KEY))
+            self.example_input_array = None if shape is None else torch.zeros(1, *shape)
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams

@@ -1,7 +1,7 @@
 """Any torchvision classifier (resnet18, mobilenet_v3_small, vit_b_16...), optionally from pretrained weights.
 
-Seed 000's "modify a pretrained model": load the published ImageNet weights from a local file, replace the
-1000-class head with one for this task's classes, and optionally freeze the rest as a fixed feature extractor.
+Transfer learning: load the published ImageNet weights from a local file, replace the 1000-class head with one for
+this task's classes, and optionally freeze the rest as a fixed feature extractor.
 """
 
 import math

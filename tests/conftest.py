@@ -117,7 +117,7 @@ def write_json_images(
     channels: int = 3,
     size: int = 8,
 ) -> dict[str, Split]:
-    """Write seed 000's layout under `root`: annotations/<name>_{train,test}.json and PNGs in {train,test}_<name>/.
+    """Write a JSON-annotated image folder: `root`/annotations/<name>_{train,test}.json, PNGs in {train,test}_<name>/.
 
     Each split gets `n_per_class` images of each class, labels interleaved (0, 1, 2, 0, ...). With `classes`,
     `n_classes` is its length and both JSON files list it. Returns each split's images and labels.

@@ -197,3 +197,28 @@ def test_fast_dev_run_reports_without_writing_a_run(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
     assert "learned weight:" in run.stdout and "Run written to" not in run.stdout
     assert not list(tmp_path.rglob("results.json")) and not list(tmp_path.rglob("predictions.png"))
+
+
+def test_a_runs_own_config_re_runs_in_test_validate_and_predict(line_run: Run, tmp_path: Path) -> None:
+    config = str(line_run.run_dir / "config.yaml")  # holds test_after_fit, an option of fit
+    ckpt = str(line_run.run_dir / "checkpoints/last.ckpt")
+    for subcommand in ("validate", "test", "predict"):
+        run = run_main(subcommand, "--config", config, "--ckpt_path", ckpt, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr[-3000:]
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "test"])
+def test_per_subcommand_parser_kwargs_reach_their_parser(
+    subcommand: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from command_line import read_command_line
+    from main import TemplateCLI
+
+    defaults = tmp_path / "defaults.yaml"
+    defaults.write_text("model:\n  lr: 0.123\n")
+    command_line = read_command_line([subcommand, "--model.net", "linear", "--print_config"])
+    monkeypatch.setattr("sys.argv", ["main.py", *command_line.argv])
+    with pytest.raises(SystemExit) as done:
+        TemplateCLI(command_line, parser_kwargs={subcommand: {"default_config_files": [str(defaults)]}})
+    assert done.value.code == 0
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["lr"] == 0.123

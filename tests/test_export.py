@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import pathlib
 import pickle
 from pathlib import Path
@@ -10,8 +11,9 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import write_mnist
+from conftest import run_main, write_mnist
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, TensorDataset
 
 import export as export_module
 from data.data_interface import DInterface
@@ -116,13 +118,62 @@ def test_load_network_gives_the_model_in_eval_mode_and_an_example_batch_of_one(
 
 
 def test_example_input_reads_the_shape_from_the_networks_arguments() -> None:
+    # For checkpoints from before the input's shape was recorded; no model is known by name.
     assert example_input({"net": "x", "net_args": {"in_channels": 3, "image_size": [8, 6]}}).shape == (1, 3, 8, 6)
     assert example_input({"net": "x", "net_args": {"in_channels": 3, "image_size": 8}}).shape == (1, 3, 8, 8)
     assert example_input({"net": "mlp", "net_args": {"input_size": 784}}).shape == (1, 784)
-    assert example_input({"net": "linear", "net_args": None}).shape == (1, 1)
+    assert example_input({"net": "linear", "net_args": None}) is None
+    assert example_input({"net": "linear", "net_args": None}, input_shape=[1]).shape == (1, 1)
     assert example_input({"net": "cnn", "net_args": {"in_channels": 1}}) is None
+    assert example_input({"net": "cnn", "net_args": {"in_channels": 1}}, input_shape=(1, 5, 7)).shape == (1, 1, 5, 7)
     with pytest.raises(ConfigError, match="input_shape must be"):
         example_input({"net": "cnn"}, input_shape=(1, 0, 28))
+
+
+def test_every_checkpoint_records_the_shape_of_its_datas_inputs(
+    checkpoints: dict[str, tuple[Path, MInterface]], tmp_path: Path
+) -> None:
+    for name, (shape, _) in INPUT_SHAPES.items():
+        assert torch.load(checkpoints[name][0], weights_only=True)["example_input_shape"] == list(shape)
+    # Data from plain loaders, without a data module to describe it, is recorded from the first batch.
+    x = torch.linspace(0, 1, 16).unsqueeze(1)
+    loader = DataLoader(TensorDataset(x, 0.7 * x + 0.3), batch_size=4)
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(MInterface(), train_dataloaders=loader)
+    trainer.save_checkpoint(tmp_path / "plain.ckpt")
+    assert torch.load(tmp_path / "plain.ckpt", weights_only=True)["example_input_shape"] == [1]
+    assert load_network(tmp_path / "plain.ckpt")[1].shape == (1, 1)
+
+
+@pytest.mark.parametrize("name", list(PLAIN_CLASSES))
+def test_a_loaded_model_traces_with_lightnings_own_exporters_on_the_recorded_shape(
+    checkpoints: dict[str, tuple[Path, MInterface]], tmp_path: Path, name: str
+) -> None:
+    import onnxruntime
+
+    path, trained = checkpoints[name]
+    shape, _ = INPUT_SHAPES[name]
+    model = MInterface.load_from_checkpoint(path).eval()
+    assert model.example_input_array.shape == (1, *shape)
+    model.to_onnx(tmp_path / "model.onnx")  # no input sample: it traces the recorded shape
+    x = torch.randn(1, *shape)
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(out), trained.net(x), atol=1e-5, rtol=0)
+
+
+def test_a_hostile_shape_recorded_in_a_checkpoint_is_refused_before_it_allocates(
+    checkpoints: dict[str, tuple[Path, MInterface]], tmp_path: Path
+) -> None:
+    contents = torch.load(checkpoints["cnn"][0], weights_only=True)
+    for shape in ([2**20, 2**20], [1, "28", 28], [1] * 9):
+        contents["example_input_shape"] = shape
+        torch.save(contents, tmp_path / "hostile.ckpt")
+        with pytest.raises(ConfigError, match="input_shape"):
+            load_network(tmp_path / "hostile.ckpt")
+        with pytest.raises(ConfigError, match="input_shape"):
+            MInterface.load_from_checkpoint(tmp_path / "hostile.ckpt")
 
 
 def test_traced_formats_without_an_input_shape_are_an_error_that_says_why(
@@ -137,6 +188,13 @@ def test_traced_formats_without_an_input_shape_are_an_error_that_says_why(
         export(shapeless, tmp_path / "out", ["state_dict", "torchscript"])
     assert not (tmp_path / "out").exists()  # nothing written
     assert set(export(shapeless, tmp_path / "out", ["state_dict"])) == {"state_dict"}
+    # The straight line takes no size arguments: without the record, only the user can give its input's shape.
+    contents = torch.load(checkpoints["linear"][0], weights_only=True)
+    del contents["example_input_shape"]
+    torch.save(contents, shapeless)
+    with pytest.raises(ConfigError, match="checkpoint of 'linear' does not give its shape: pass input_shape"):
+        export(shapeless, tmp_path / "out", ["torchscript"])
+    assert set(export(shapeless, tmp_path / "out", ["torchscript"], input_shape=[1])) == {"torchscript"}
 
 
 def test_onnx_without_its_packages_is_an_error_when_asked_for_and_skipped_by_default(
@@ -223,3 +281,66 @@ def test_the_state_dict_keys_are_the_plain_networks(checkpoints: dict[str, tuple
     assert state.keys() == checkpoints["cnn"][1].net.state_dict().keys()
     assert all(not key.startswith(("net.", "model.")) for key in state)
     CNN(in_channels=1, num_classes=10, channels=(4, 8)).load_state_dict(state)  # strict: every key matches
+
+
+# A model file as a user adds one: a conv net whose sizes are fixed in its code, for 1 x 28 x 28 images in 10
+# classes. Its constructor takes no size arguments, so nothing in its hyperparameters tells export its input's shape.
+FIXED_SIZE_NET = """\"\"\"A conv net for 28 x 28 grayscale images in 10 classes, its sizes fixed in code.\"\"\"
+
+import torch
+from torch import nn
+
+
+class FixedSizeNet(nn.Module):
+    def __init__(self, width: int = 4) -> None:
+        \"\"\"Args:
+            width: Channels of the convolution.\"\"\"
+        super().__init__()
+        self.conv = nn.Conv2d(1, width, 3, stride=2)
+        self.head = nn.Linear(width * 13 * 13, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(x)).flatten(1))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_a_newly_added_model_without_size_arguments_exports_in_every_format(project_copy: Path, tmp_path: Path) -> None:
+    assert not export_module.onnx_missing(), "pip install -r requirements-dev.txt"
+    import onnxruntime
+
+    (project_copy / "model" / "fixed_size_net.py").write_text(FIXED_SIZE_NET)
+    data = write_mnist(tmp_path / "data", n_train=60, n_test=12)
+    fit = run_main(
+        "--model", "fixed_size_net", "--data", "mnist", "--data.root", str(data), "--model.loss", "CrossEntropyLoss",
+        "--model.optimizer", "Adam", "--model.lr", "0.003", "--trainer.max_epochs", "2", "--data.batch_size", "16",
+        cwd=tmp_path, root=project_copy,
+    )  # fmt: skip
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    ckpt = fit.run_dir / "checkpoints" / "last.ckpt"
+    contents = torch.load(ckpt, weights_only=True)
+    assert contents["example_input_shape"] == [1, 28, 28]  # from the data: the net's arguments say nothing of it
+    assert contents["hyper_parameters"]["net_args"] == {"width": 4}
+
+    out = tmp_path / "exported"
+    exported = run_main("export", "--ckpt_path", str(ckpt), "--out_dir", str(out), cwd=tmp_path, root=project_copy)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert exported.stdout.splitlines() == [f"{name}: {out / file}" for name, file in export_module.FORMATS.items()]
+
+    # The network as the checkpoint holds it, built from the user's file: what every exported file must compute.
+    spec = importlib.util.spec_from_file_location("fixed_size_net", project_copy / "model" / "fixed_size_net.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    net = module.FixedSizeNet(width=4).eval()
+    net.load_state_dict({key[4:]: value for key, value in contents["state_dict"].items() if key.startswith("net.")})
+    x = torch.randn(5, 1, 28, 28)  # another batch size than the traced example's 1
+    with torch.no_grad():
+        expected = net(x)
+        plain = module.FixedSizeNet(width=4).eval()
+        plain.load_state_dict(torch.load(out / "model.pth", weights_only=True))
+        torch.testing.assert_close(plain(x), expected, atol=0, rtol=0)
+        torch.testing.assert_close(torch.jit.load(str(out / "model.torchscript.pt"))(x), expected, atol=1e-6, rtol=0)
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run(["output"], {"input": x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(onnx_out), expected, atol=1e-5, rtol=0)

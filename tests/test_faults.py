@@ -21,11 +21,11 @@ from conftest import ROOT, Run, run_main
 
 import export
 import files
-import main
 from callbacks import AtomicCheckpointIO, ResumableCheckpoint
 from data.data_interface import DInterface
 from files import WriteError, make_dir, remove_stale_temporaries
 from model.model_interface import MInterface
+from runs import latest_checkpoint
 from utils import ConfigError
 
 NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device"
@@ -279,10 +279,10 @@ def runs(tmp_path: Path) -> Path:
 
 def test_last_and_best_are_the_latest_runs_ignoring_folders_that_are_no_versions(runs: Path, capsys) -> None:
     checkpoints = runs / "version_10" / "checkpoints"
-    assert main.latest_checkpoint(runs, "last") == checkpoints / "last.ckpt"
-    assert main.latest_checkpoint(runs, "best") == checkpoints / "best-epoch=1.ckpt"
+    assert latest_checkpoint(runs, "last") == checkpoints / "last.ckpt"
+    assert latest_checkpoint(runs, "best") == checkpoints / "best-epoch=1.ckpt"
     assert capsys.readouterr().err == ""
-    assert main.latest_checkpoint(runs.parent / "none", "last") is None
+    assert latest_checkpoint(runs.parent / "none", "last") is None
 
 
 @pytest.mark.parametrize(
@@ -304,11 +304,11 @@ def test_a_damaged_or_hostile_last_ckpt_is_skipped_for_the_newest_checkpoint_tha
         last.write_bytes(b"")
     else:
         torch.save({"state_dict": {}, "hyper_parameters": {"net": Payload(marker)}}, last)
-    assert main.latest_checkpoint(runs, "last") == checkpoints / "best-epoch=1.ckpt"  # the newest left
+    assert latest_checkpoint(runs, "last") == checkpoints / "best-epoch=1.ckpt"  # the newest left
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith(f"Skipped {last}: {reason}")
-    assert main.latest_checkpoint(runs, "best") == checkpoints / "best-epoch=1.ckpt"  # as recorded there
-    assert main.latest_checkpoint(runs, "last", set_aside=True) == checkpoints / "best-epoch=1.ckpt"
+    assert latest_checkpoint(runs, "best") == checkpoints / "best-epoch=1.ckpt"  # as recorded there
+    assert latest_checkpoint(runs, "last", set_aside=True) == checkpoints / "best-epoch=1.ckpt"
     assert capsys.readouterr().err.splitlines()[-1].endswith("; renamed to last.ckpt.refused")
     assert not last.exists() and (checkpoints / "last.ckpt.refused").is_file()
     assert not marker.exists()
@@ -319,7 +319,7 @@ def test_no_checkpoint_of_the_latest_run_loading_is_one_error_and_renames_nothin
     for path in checkpoints.iterdir():
         path.write_bytes(b"garbage")
     with pytest.raises(ConfigError) as raised:
-        main.latest_checkpoint(runs, "last", set_aside=True)
+        latest_checkpoint(runs, "last", set_aside=True)
     assert str(raised.value) == (
         f"--ckpt_path last: no checkpoint of the latest run, {runs / 'version_10'}, loads (each is skipped above with "
         "the reason); give one with --ckpt_path PATH, or leave --ckpt_path out to start a new run"

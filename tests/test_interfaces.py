@@ -1,4 +1,4 @@
-"""The data and model interfaces, the line dataset and the argv handling, in process."""
+"""The data and model interfaces, the line dataset and the command line's first pass, in process."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ import pytest
 import torch
 from conftest import ROOT, Run
 
+from command_line import read_command_line
 from data.data_interface import DInterface
 from data.line import LineDataset
-from main import normalize_argv, selected_names
 from model.linear import LinearRegressionModel
 from model.model_interface import MInterface
 from utils import ConfigError, available
 
 
-def test_line_dataset_is_the_seeds_line_split_by_position() -> None:
+def test_line_dataset_is_the_straight_line_split_by_position() -> None:
     train, test = LineDataset(train=True), LineDataset(train=False)
     assert (len(train), len(test)) == (40, 10)
     assert train.x.max() < test.x.min()
@@ -96,9 +96,18 @@ def test_available_lists_files_not_interfaces_or_helpers() -> None:
     assert available("data") == data
 
 
+def argv_of(argv: list[str]) -> list[str]:
+    return read_command_line(argv).argv
+
+
+def names_of(argv: list[str]) -> tuple[str, str]:
+    command_line = read_command_line(argv)
+    return command_line.model, command_line.data
+
+
 def test_argv_gets_fit_and_expands_shorthands_idempotently() -> None:
     config = str(ROOT / "configs" / "linear.yaml")
-    once = normalize_argv(["--trainer.max_epochs=5", "--model", "linear", "--data=line"])
+    once = argv_of(["--trainer.max_epochs=5", "--model", "linear", "--data=line"])
     assert once == [
         "fit",
         "--config",
@@ -109,29 +118,48 @@ def test_argv_gets_fit_and_expands_shorthands_idempotently() -> None:
         "--data.dataset",
         "line",
     ]
-    assert normalize_argv(once) == once
-    assert normalize_argv(["test", "--model", "cfg.yaml"]) == ["test", "--model", "cfg.yaml"]
-    assert normalize_argv(["--help"]) == ["--help"]
+    assert argv_of(once) == once
+    assert argv_of(["test", "--model", "cfg.yaml"]) == ["test", "--model", "cfg.yaml"]
+    assert argv_of(["--help"]) == ["--help"]
     with pytest.raises(ConfigError, match="unknown subcommand 'fitt': did you mean fit"):
-        normalize_argv(["fitt", "--model", "linear"])
+        argv_of(["fitt", "--model", "linear"])
 
 
 def test_argv_selects_an_experiment_config_by_name_and_expands_aliases() -> None:
     resnet = str(ROOT / "configs" / "resnet.yaml")
     # configs/resnet.yaml names its model (torchvision_model); there is no model/resnet.py to select.
-    assert normalize_argv(["--model", "resnet", "--data.root", "d"]) == [
+    assert argv_of(["--model", "resnet", "--data.root", "d"]) == [
         "fit", "--config", resnet, "--data.dataset_args.root", "d"
     ]  # fmt: skip
+    assert names_of(["--model", "resnet"])[0] == "torchvision_model"
     expanded = ["fit", "--data.dataset", "mnist", "--data.dataset_args.root=d"]
-    assert normalize_argv(["--data", "mnist", "--data.root=d"]) == expanded
+    assert argv_of(["--data", "mnist", "--data.root=d"]) == expanded
 
 
 def test_selected_names_follow_configs_then_later_arguments(tmp_path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("model:\n  net: from_config\ndata:\n  dataset: data_from_config\n")
-    assert selected_names(["fit"]) == ("linear", "line")
-    assert selected_names(["fit", "--config", str(config)]) == ("from_config", "data_from_config")
-    assert selected_names(["fit", "--config", str(config), "--model.net=later"]) == ("later", "data_from_config")
+    assert names_of(["fit"]) == ("linear", "line")
+    assert names_of(["fit", "--config", str(config)]) == ("from_config", "data_from_config")
+    assert names_of(["fit", "--config", str(config), "--model.net=later"]) == ("later", "data_from_config")
+    # A shorthand's config is read before every other option, wherever it stands.
+    assert names_of(["fit", "--model.net=later", "--model", "mlp"]) == ("mlp", "synthetic")
+    assert names_of(["fit", "--model.net=cnn", "--model", "resnet"]) == ("cnn", "cifar10")
+    model_config = tmp_path / "m.yaml"
+    model_config.write_text("net: from_model_config\n")
+    assert names_of(["fit", "--model", str(model_config)]) == ("from_model_config", "line")
+
+
+def test_the_first_pass_reads_each_config_file_once(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import command_line
+
+    read: list[str] = []
+    load = command_line.load_yaml_file
+    monkeypatch.setattr(command_line, "load_yaml_file", lambda path: read.append(str(path)) or load(path))
+    config = tmp_path / "c.yaml"
+    config.write_text("model:\n  net: mlp\n")
+    read_command_line(["--model", "mlp", "--config", str(config), "--trainer.max_epochs", "3"])
+    assert read == [str(ROOT / "configs" / "mlp.yaml"), str(config)]
 
 
 @pytest.mark.slow
@@ -153,3 +181,17 @@ def test_load_from_checkpoint_needs_no_arguments(line_run: Run) -> None:
     with torch.inference_mode():
         prediction = model(torch.tensor([[2.0]])).item()
     assert abs(prediction - (0.7 * 2.0 + 0.3)) < 0.03
+
+
+def test_the_finders_take_the_tuners_defaults() -> None:
+    import inspect
+
+    from lightning.pytorch.tuner import Tuner
+
+    from finders import TemplateTrainer
+
+    for name in ("lr_find", "scale_batch_size"):
+        ours = inspect.signature(getattr(TemplateTrainer, name)).parameters
+        tuners = inspect.signature(getattr(Tuner, name)).parameters
+        for option in set(ours) - {"self", "model", "datamodule", "train"}:
+            assert ours[option].default == tuners[option].default, f"{name} --{option}"

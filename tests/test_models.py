@@ -7,8 +7,10 @@ import torch
 import torchvision
 from torch import nn
 
+from data_contract import data_dims, size_defaults, sized_net_args
 from model._weight_init import SCHEMES, detect_nonlinearity, init_weights
 from model.cnn import CNN
+from model.linear import LinearRegressionModel
 from model.mlp import MLP
 from model.torchvision_model import TorchvisionModel
 from utils import ConfigError, available, find_class
@@ -18,6 +20,29 @@ from utils import ConfigError, available, find_class
 def test_files_define_one_selectable_model(name: str, cls: type) -> None:
     assert find_class("model", name, nn.Module) is cls
     assert "_weight_init" not in available("model")
+
+
+# --- Sizes from the data ------------------------------------------------------------------------------------------
+
+
+def test_the_command_line_leaves_each_models_size_arguments_for_the_data() -> None:
+    assert size_defaults(MLP) == {"model.net_args.input_size": None, "model.net_args.output_size": None}
+    assert size_defaults(CNN) == {"model.net_args.num_classes": None, "model.net_args.in_channels": None}
+    assert size_defaults(TorchvisionModel) == {"model.net_args.num_classes": None, "model.net_args.in_channels": None}
+    assert size_defaults(LinearRegressionModel) == {}
+
+
+def test_the_data_describes_itself_and_fills_in_the_sizes_left_unset() -> None:
+    images = data_dims((torch.zeros(3, 8, 6), 2), ["cat", "dog", "frog"])
+    assert images == {"input_size": 144, "output_size": 3, "num_classes": 3, "in_channels": 3, "image_size": [8, 6]}
+    assert data_dims((torch.zeros(1), torch.zeros(1)), None) == {"input_size": 1, "output_size": 1}
+    sized = sized_net_args(CNN, {"channels": [4], "in_channels": None}, images, net="cnn", data="folder")
+    assert sized == {"channels": [4], "in_channels": 3, "num_classes": 3}
+    assert sized_net_args(CNN, {"num_classes": 3}, images, net="cnn", data="folder")["in_channels"] == 3
+    with pytest.raises(ConfigError, match=r"^model.net_args.num_classes is 5 but the data \(folder\) has 3: remove"):
+        sized_net_args(CNN, {"num_classes": 5}, images, net="cnn", data="folder")
+    with pytest.raises(ConfigError, match="^model 'cnn' needs num_classes, in_channels, which the data does not give"):
+        sized_net_args(CNN, {}, {}, net="cnn", data="folder")
 
 
 # --- MLP ---------------------------------------------------------------------------------------------------------
