@@ -7,7 +7,9 @@ The full parser needs the model's and dataset's names first, to add their constr
 
 from __future__ import annotations
 
+import ast
 import inspect
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,11 +36,12 @@ ALIASES = {
 
 @dataclass
 class CommandLine:
-    """A command line as LightningCLI takes it, and the model and dataset it selects."""
+    """A command line as LightningCLI takes it, the model and dataset it selects, and the config files it reads."""
 
     argv: list[str]
     model: str
     data: str
+    configs: list[str]
 
 
 def read_command_line(argv: list[str]) -> CommandLine:
@@ -46,9 +49,12 @@ def read_command_line(argv: list[str]) -> CommandLine:
 
     `--model NAME` means `configs/NAME.yaml` when that exists (placed first, so that every other option overrides
     it), plus `model/NAME.py` when that exists (so an experiment config like `configs/resnet.yaml` is selected by
-    its name); `--data NAME` likewise. Later settings win, as in the parser itself. A checkpoint given with
-    `--ckpt_path` names the model (LightningCLI applies its hyperparameters last); a different model chosen on the
-    command line is an error. Idempotent, because DDP re-launches this script with the rewritten `sys.argv`.
+    its name). `--data NAME` selects `data/NAME.py`, and `configs/NAME.yaml` only when that holds data options
+    alone: choosing a dataset never changes the model, the optimizer or the trainer. Later settings win, as in
+    the parser itself. A checkpoint given with `--ckpt_path` names the model (LightningCLI applies its
+    hyperparameters last; a different model chosen on the command line is an error), and for validate, test and
+    predict the data module it was trained with, which every option given overrides. Idempotent, because DDP
+    re-launches this script with the rewritten `sys.argv`.
     """
     if argv and not argv[0].startswith("-") and argv[0] not in SUBCOMMANDS:
         commands = [*SUBCOMMANDS, *OWN_COMMANDS]
@@ -58,30 +64,35 @@ def read_command_line(argv: list[str]) -> CommandLine:
         )
     if not argv or argv[0] not in (*SUBCOMMANDS, "-h", "--help"):
         argv = ["fit", *argv]
+    subcommand = argv[0]
     names: dict[str, str] = {
         "model": inspect.signature(MInterface).parameters["net"].default,
         "data": inspect.signature(DInterface).parameters["dataset"].default,
     }
     configs: list[str] = []  # the configs that shorthands select, read before the rest
     rest: list[str] = []
+    read: list[str] = []  # every config file, in the order the parser reads them
     from_configs: dict[str, str] = {}
     from_rest: dict[str, str] = {}
-    chosen, held = None, None  # the model named on the command line, and the one the checkpoint holds
+    chosen, held, held_data = None, None, None  # the model named on the command line; the checkpoint's model, data
     tokens = iter(argv[1:])
     for token in tokens:
         key, eq, value = token.partition("=")
         key = ALIASES.get(key, key)
-        if key in SHORTHANDS or key in SHORTHANDS.values() or key in ("-c", "--config", "--ckpt_path"):
+        takes_value = key in SHORTHANDS or key in SHORTHANDS.values() or key in ("-c", "--config", "--ckpt_path")
+        if takes_value:
             value = value if eq else next(tokens, "")
         group = key[2:].split(".")[0]
         if key in SHORTHANDS and value and not _is_file_name(value):
             config = ROOT / "configs" / f"{value}.yaml"
-            if config.is_file():
+            content = load_yaml_file(config) if config.is_file() else None
+            if content is not None and (group == "model" or _data_only(content)):
                 configs += ["--config", str(config)]
-                found = _names_in(load_yaml_file(config))
+                read.append(str(config))
+                found = _names_in(content)
                 from_configs.update(found)
                 chosen = found.get("model") or chosen
-            if not config.is_file() or value in available(group):
+            if content is None or value in available(group):
                 rest += [SHORTHANDS[key], value]
                 from_rest[group] = value
                 chosen = value if group == "model" else chosen
@@ -89,37 +100,68 @@ def read_command_line(argv: list[str]) -> CommandLine:
         if key in SHORTHANDS.values():
             from_rest[group] = value
             chosen = value if group == "model" else chosen
-        elif key in ("-c", "--config") and Path(value).is_file():
+        elif key in ("-c", "--config") and _is_file(value):
             config = load_yaml_file(value)
+            read.append(value)
             found = _names_in(config)
             from_rest.update(found)
             chosen = found.get("model") or chosen
             ckpt_path = config.get("ckpt_path") if isinstance(config, dict) else None
-            if isinstance(ckpt_path, str) and Path(ckpt_path).is_file():
-                held = _name(load_checkpoint(ckpt_path).get("hyper_parameters"), "model")
-        elif key in SHORTHANDS and Path(value).is_file():  # a sub-config of the model or the data
+            if isinstance(ckpt_path, str) and _is_file(ckpt_path):
+                held, held_data = _held(ckpt_path)
+        elif key in SHORTHANDS and _is_file(value):  # a sub-config of the model or the data
             name = _name(load_yaml_file(value), group)
+            read.append(value)
             if name:
                 from_rest[group] = name
                 chosen = name if group == "model" else chosen
-        elif key == "--ckpt_path" and Path(value).is_file():
-            held = _name(load_checkpoint(value).get("hyper_parameters"), "model")
-        if key in SHORTHANDS or key in SHORTHANDS.values() or key in ("-c", "--config", "--ckpt_path"):
+        elif key == "--ckpt_path" and _is_file(value):
+            held, held_data = _held(value)
+        if takes_value:
             rest += [key + eq + value] if eq else [key, value] if value else [key]
         else:
             rest.append(key + eq + value)
-    names.update(from_configs)
-    names.update(from_rest)
     if held and chosen and held != chosen:
         raise ConfigError(
             f"--ckpt_path holds a checkpoint of model {held!r}, not {chosen!r}: give a checkpoint of "
             f"{chosen!r}, or leave the model out to use {held!r}"
         )
-    return CommandLine(argv[:1] + configs + rest, held or names["model"], names["data"])
+    head = [subcommand]
+    if held_data and subcommand in ("validate", "test", "predict"):
+        # What the checkpoint's data module was, first: every config and option given overrides it.
+        held_config = json.dumps(held_data, sort_keys=True)
+        if rest[:2] == ["--data", held_config]:  # inserted by this function before (DDP's re-launch)
+            rest = rest[2:]
+        head += ["--data", held_config]
+        names["data"] = held_data.get("dataset") or names["data"]
+    names.update(from_configs)
+    names.update(from_rest)
+    return CommandLine(head + configs + rest, held or names["model"], names["data"], read)
+
+
+def _held(ckpt_path: str) -> tuple[str | None, dict[str, Any] | None]:
+    """The model's name and the data module's hyperparameters that the checkpoint at `ckpt_path` records."""
+    checkpoint = load_checkpoint(ckpt_path)
+    data = checkpoint.get("datamodule_hyper_parameters")
+    return _name(checkpoint.get("hyper_parameters"), "model"), data if isinstance(data, dict) and data else None
+
+
+def _data_only(config: Any) -> bool:
+    """Whether a config file holds data options alone, the only kind that `--data NAME` reads."""
+    return isinstance(config, dict) and set(config) <= {"data"}
 
 
 def _is_file_name(value: str) -> bool:
-    return value.endswith((".yaml", ".yml", ".json")) or Path(value).is_file()
+    """Whether a shorthand's value is a config (a file, or YAML/JSON text) rather than a name."""
+    return value.endswith((".yaml", ".yml", ".json")) or value.lstrip().startswith("{") or _is_file(value)
+
+
+def _is_file(value: str) -> bool:
+    """Whether `value` names a file (a YAML or JSON text given inline can be too long for a file name)."""
+    try:
+        return Path(value).is_file()
+    except OSError:
+        return False
 
 
 def _name(section: Any, group: str) -> str | None:
@@ -134,3 +176,37 @@ def _names_in(config: Any) -> dict[str, str]:
         return {}
     found = {group: _name(config.get(group), group) for group in NAME_KEYS}
     return {group: name for group, name in found.items() if name}
+
+
+def overview() -> str:
+    """The main `--help`'s epilog: the shorthands, the models and datasets to choose from (each file's first
+    docstring line), and the commands that are not the trainer's."""
+    lines = [
+        "shorthands:",
+        "  --model NAME          model/NAME.py, starting from configs/NAME.yaml when it exists",
+        "  --data NAME           data/NAME.py (and configs/NAME.yaml when it holds data options alone)",
+        "  no subcommand         fit",
+    ]
+    for group, title in (("model", "models"), ("data", "datasets")):
+        lines += ["", f"{title} (add one: a file in {group}/):"]
+        lines += [f"  {name:<21} {_summary(ROOT / group / f'{name}.py')}" for name in available(group)]
+    lines += [
+        "",
+        "other commands:",
+        "  env                   versions, CPU, GPUs and their memory",
+        "  export                a checkpoint's network as state_dict, TorchScript, ONNX (export --help)",
+        "  cv, repeat            k-fold cross-validation, or one run per seed, then the results table",
+        "  aggregate DIR         the results table of a folder of runs",
+        "",
+        "A model's and a dataset's own options: python main.py fit --model NAME --data NAME --help",
+    ]
+    return "\n".join(lines)
+
+
+def _summary(path: Path) -> str:
+    """The first line of the docstring of the Python file at `path`, read without importing it."""
+    try:
+        docstring = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+    except (OSError, SyntaxError, ValueError):
+        return ""
+    return docstring.split("\n", 1)[0]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import signal
 import subprocess
@@ -28,7 +29,7 @@ from callbacks.results import RESULTS_FILE
 from command_line import read_command_line
 from files import write_atomically
 from results_table import EXPERIMENT_FILE, aggregate, finished, read_json
-from runs import RUNS_DIR
+from runs import RUNS_DIR, newest_loadable
 from utils import ConfigError
 
 MAIN = Path(__file__).resolve().parent / "main.py"
@@ -105,6 +106,7 @@ def run_experiment(kind: str, options: argparse.Namespace, fit_args: list[str], 
     for option in ("--ckpt_path", "--data.fold" if kind == "cv" else "--seed_everything"):
         if any(arg == option or arg.startswith(f"{option}=") for arg in fit_args):
             raise ConfigError(f"{option}: {kind} sets it for each run; remove it")
+    _check_logger(kind, fit_args)
     model = read_command_line(["fit", *fit_args]).model
     if kind == "cv":
         k = options.num_folds
@@ -117,6 +119,8 @@ def run_experiment(kind: str, options: argparse.Namespace, fit_args: list[str], 
             raise ConfigError(f"--seeds {' '.join(map(str, options.seeds))}: a seed is given twice")
         runs = {f"seed_{s}": ["--seed_everything", str(s)] for s in options.seeds}
         name = options.name or "seeds"
+    if not re.fullmatch(r"[\w.-]+", name) or name in (".", ".."):
+        raise ConfigError(f"--name {name!r}: give a plain folder name (letters, digits, . _ -)")
     folder = Path(RUNS_DIR) / model / name
     experiment = {
         "kind": kind,
@@ -131,12 +135,13 @@ def run_experiment(kind: str, options: argparse.Namespace, fit_args: list[str], 
         if finished(directory):
             print(f"{kind} {run} ({number}/{len(runs)}): has its results already ({directory / RESULTS_FILE}), skipped")
             continue
-        resume = directory / "checkpoints" / "last.ckpt"
-        if not resume.is_file() and directory.exists():
+        # As `--ckpt_path last`: the newest checkpoint that loads (last.ckpt, or a SLURM pre-emption's).
+        resume = newest_loadable(directory / "checkpoints", set_aside=True) if directory.exists() else None
+        if resume is None and directory.exists():
             # Stopped before its first checkpoint: nothing to resume; the run starts again in a folder of its own.
             print(f"{kind} {run}: {directory} holds no checkpoint to resume, set aside as {_set_aside(directory)}")
         where = [f"{logger}save_dir", str(folder.parent), f"{logger}name", name, f"{logger}version", run]
-        command = ["fit", *fit_args, *extra, *where, *(["--ckpt_path", str(resume)] if resume.is_file() else [])]
+        command = ["fit", *fit_args, *extra, *where, *(["--ckpt_path", str(resume)] if resume else [])]
         print(f"{kind} {run} ({number}/{len(runs)}): python main.py {shlex.join(command)}", flush=True)
         try:
             status = _run([sys.executable, str(MAIN), *command])
@@ -146,6 +151,9 @@ def run_experiment(kind: str, options: argparse.Namespace, fit_args: list[str], 
                 file=sys.stderr,
             )
             return STOPPED_STATUS[stop.signum]
+        if status == STOPPED_STATUS[signal.SIGTERM]:  # the run alone got the SIGTERM (a scheduler's, say)
+            print(f"error: {kind} {run} was stopped by SIGTERM; the same command goes on from there", file=sys.stderr)
+            return status
         if status != 0:
             done = [r for r in runs if finished(folder / r)]
             print(
@@ -158,11 +166,25 @@ def run_experiment(kind: str, options: argparse.Namespace, fit_args: list[str], 
     return 0
 
 
+def _check_logger(kind: str, fit_args: list[str]) -> None:
+    """Refuse a logger other than TensorBoard's or CSV's, the two that keep a run in save_dir/name/version, where
+    `cv` and `repeat` put each of theirs."""
+    tokens = [part for arg in fit_args for part in arg.split("=", 1)]
+    for option, value in zip(tokens, tokens[1:], strict=False):
+        if option == "--trainer.logger" and value.rpartition(".")[2] not in ("TensorBoardLogger", "CSVLogger"):
+            raise ConfigError(
+                f"--trainer.logger {value}: {kind} keeps each run in a folder of its experiment, which only "
+                "TensorBoardLogger and CSVLogger do; use one of them"
+            )
+
+
 def _start(folder: Path, experiment: dict[str, Any]) -> None:
-    """Write experiment.json into `folder`, or check that the one there records the same experiment."""
+    """Write experiment.json into `folder`, or check that the one there records the same experiment (one whose runs
+    never began is replaced: a first attempt that failed on a mistyped option)."""
     path = folder / EXPERIMENT_FILE
-    if path.is_file():
-        held = read_json(path)
+    held = read_json(path) if path.is_file() else {}
+    runs = held.get("runs")
+    if isinstance(runs, dict) and any((folder / str(run)).exists() for run in runs):
         if (held.get("kind"), held.get("fit_arguments"), held.get("runs")) != (
             experiment["kind"],
             experiment["fit_arguments"],

@@ -8,7 +8,7 @@
     python main.py export --ckpt_path runs/mlp/version_0/checkpoints/last.ckpt --out_dir exported
 
 With no subcommand, `fit` is meant. `--model NAME` selects `model/NAME.py` and starts from
-`configs/NAME.yaml` when it exists; `--data NAME` does the same for `data/NAME.py` (see command_line.py). The
+`configs/NAME.yaml` when it exists; `--data NAME` selects `data/NAME.py` (see command_line.py). The
 chosen model's and dataset's constructor arguments become `--model.net_args.*` and `--data.dataset_args.*`, typed
 and checked. What a run writes (results.json, model.pth, predictions.csv) comes from callbacks/results.py and its
 neighbours; what `--ckpt_path last|best` means, from runs.py.
@@ -16,6 +16,7 @@ neighbours; what `--ckpt_path last|best` means, from runs.py.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import signal
 import sys
@@ -24,6 +25,7 @@ from typing import Any, NoReturn
 
 import jsonargparse
 import torch
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.callbacks import ProgressBar as LightningProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -47,7 +49,7 @@ from callbacks import (
 from callbacks.checkpointing import check_checkpoint_reading, with_checked_loading
 from callbacks.results import report
 from callbacks.run_directory import RunDirectory
-from command_line import NAME_KEYS, CommandLine, read_command_line
+from command_line import NAME_KEYS, CommandLine, overview, read_command_line
 from data.data_interface import DInterface
 from data_contract import size_defaults
 from files import write_error
@@ -69,6 +71,7 @@ OPTIONAL_CALLBACKS = {
     "classification_figures": (ClassificationFigures, {}),
     "progress_bar": (ProgressBar, {}),
 }
+DESCRIPTION = "Train, evaluate and tune a model of model/ on a dataset of data/, with Lightning."
 # The exit status of a run stopped by SIGTERM, as a shell reports a process that SIGTERM killed.
 SIGTERM_STATUS = 128 + signal.SIGTERM
 
@@ -84,6 +87,10 @@ class TemplateParser(LightningArgumentParser):
         self.exit(2)
 
 
+class OverviewFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """jsonargparse's help layout, with the description and the overview of models and datasets kept as written."""
+
+
 class TemplateCLI(LightningCLI):
     """LightningCLI with the chosen model's and dataset's arguments, the template's callbacks, `--ckpt_path
     last|best`, and after `fit` a validation and test of the best checkpoint."""
@@ -91,7 +98,7 @@ class TemplateCLI(LightningCLI):
     current: TemplateCLI | None = None  # the CLI of this process, for main()'s messages
 
     def __init__(self, command_line: CommandLine, **kwargs: Any) -> None:
-        self.argv = command_line.argv
+        self.argv, self.configs = command_line.argv, command_line.configs
         self.net_class = find_class("model", command_line.model, nn.Module)
         self.dataset_class = find_class("data", command_line.data, Dataset)
         logger = {
@@ -100,6 +107,12 @@ class TemplateCLI(LightningCLI):
         }
         self.phase = "setup"  # what the run is doing, for the message of a SIGTERM (see `stopped`)
         TemplateCLI.current = self
+        parser_kwargs = {
+            "description": DESCRIPTION,
+            "epilog": overview(),
+            "formatter_class": OverviewFormatter,
+            **kwargs.pop("parser_kwargs", {}),
+        }
         super().__init__(
             MInterface,
             DInterface,
@@ -114,6 +127,7 @@ class TemplateCLI(LightningCLI):
             auto_configure_optimizers=False,
             load_from_checkpoint_support=False,  # hyperparameters are plain values: checkpoints load without it
             parser_class=TemplateParser,
+            parser_kwargs=parser_kwargs,
             save_config_callback=RunDirectory,
             **kwargs,
         )
@@ -170,6 +184,8 @@ class TemplateCLI(LightningCLI):
         """Parse, then turn `--ckpt_path last|best` into the file it means, checked before LightningCLI applies its
         hyperparameters; `fit` from a checkpoint of a run goes on in that run's directory."""
         super().parse_arguments(parser, args)
+        if self.configs and rank_zero_only.rank == 0:
+            print(f"Config files: {', '.join(self.configs)}")
         subcommand = str(self.config.get("subcommand"))
         section = self.config[subcommand]
         logger = section.trainer.get("logger")

@@ -9,7 +9,6 @@ import csv
 import io
 import json
 import math
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +26,15 @@ def aggregate(folder: Path, *, ensemble: bool = False) -> str:
     subfolder that has a run's results.json (the runs that have none are named under the table). With `ensemble`,
     the test metrics of the runs' mean class probabilities too."""
     if not folder.is_dir():
-        raise ConfigError(f"{folder}: no such folder")
+        raise ConfigError(f"{folder}: {'not a folder' if folder.exists() else 'no such folder'}; give a folder of runs")
     experiment_file = folder / EXPERIMENT_FILE
     experiment = read_json(experiment_file) if experiment_file.is_file() else None
     without: list[str] = []  # runs of a plain folder that have no results
     if experiment is not None:
-        names = list(experiment.get("runs", {}))
+        names = experiment.get("runs")
+        if not isinstance(names, dict) or not names or not all(_plain_name(name) for name in names):
+            raise ConfigError(f"{experiment_file}: its runs are not a mapping of run folder names; no experiment")
+        names = list(names)
         problems = [f"{name} ({why})" for name in names if (why := _missing(folder / name)) is not None]
         if problems:
             raise ConfigError(
@@ -68,6 +70,11 @@ def aggregate(folder: Path, *, ensemble: bool = False) -> str:
     return table
 
 
+def _plain_name(name: Any) -> bool:
+    """Whether `name` names a folder inside the experiment's (no path, nothing above it)."""
+    return isinstance(name, str) and bool(name) and "/" not in name and "\\" not in name and name not in (".", "..")
+
+
 def _check_folds(folder: Path, runs: list[str], names: list[str]) -> None:
     """For the folds of one cross-validation run as separate jobs (`fit --data.num_folds K --data.fold I`, found in
     a plain folder of runs): every fold 0..K-1 must have one run with results (`names`), else those that do not
@@ -77,7 +84,9 @@ def _check_folds(folder: Path, runs: list[str], names: list[str]) -> None:
         config = load_yaml_file(folder / name / "config.yaml")
         data = config.get("data") if isinstance(config, dict) else None
         if isinstance(data, dict) and data.get("num_folds"):
-            folds[name] = (data["num_folds"], data.get("fold"))
+            if not isinstance(data["num_folds"], int) or not isinstance(data.get("fold"), int):
+                raise ConfigError(f"{folder / name / 'config.yaml'}: data.num_folds and data.fold are not integers")
+            folds[name] = (data["num_folds"], data["fold"])
     if not folds:
         return
     counts = {k for k, _ in folds.values()}
@@ -111,19 +120,35 @@ def _metrics(results: dict[str, dict[str, Any]]) -> tuple[dict[str, dict[str, An
     values: dict[str, dict[str, float]] = {}
     for name, result in results.items():
         for part in FINAL_PARTS:
-            for metric, value in sorted((result.get(part) or {}).items()):
-                values.setdefault(f"{part} {metric}", {})[name] = float(value)
+            metrics = result.get(part) or {}
+            if not isinstance(metrics, dict):
+                raise ConfigError(f"{name}/{RESULTS_FILE}: its {part!r} is not a mapping of metrics to values")
+            for metric, value in sorted(metrics.items()):
+                values.setdefault(f"{part} {metric}", {})[name] = _value(value, f"{name}/{RESULTS_FILE}: {metric}")
     left_out = {metric: [n for n in results if n not in by_run] for metric, by_run in values.items()}
     left_out = {metric: lacking for metric, lacking in left_out.items() if lacking}
     values = {metric: by_run for metric, by_run in values.items() if metric not in left_out}
     return {
-        metric: {
-            "mean": statistics.fmean(by_run.values()),
-            "std": statistics.stdev(by_run.values()) if len(by_run) > 1 else math.nan,
-            "values": by_run,
-        }
-        for metric, by_run in values.items()
+        metric: {**_mean_and_std(list(by_run.values())), "values": by_run} for metric, by_run in values.items()
     }, left_out
+
+
+def _value(value: Any, where: str) -> float:
+    """A metric's value as results.json holds it: a number, or "nan"/"inf"/"-inf" (JSON has no literal for them)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if value in ("nan", "inf", "-inf"):
+        return float(value)
+    raise ConfigError(f"{where} is {json.dumps(value)}, not a number")
+
+
+def _mean_and_std(values: list[float]) -> dict[str, float]:
+    """The mean and the sample standard deviation (ddof=1; nan for one value); a nan or inf among the values gives
+    nan, as a diverged run should, where the statistics module would fail."""
+    mean = math.fsum(values) / len(values)
+    if len(values) < 2 or not math.isfinite(mean):
+        return {"mean": mean, "std": math.nan}
+    return {"mean": mean, "std": math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))}
 
 
 def _config_differs(folder: Path, names: list[str]) -> dict[str, dict[str, Any]]:
@@ -230,13 +255,20 @@ def ensemble_test(folder: Path, names: list[str], results: dict[str, dict[str, A
 
     mean_probabilities, targets = None, None
     for name in names:
-        checkpoint = results[name].get("best_checkpoint")
-        if not checkpoint or not Path(checkpoint).is_file():
-            raise ConfigError(f"--ensemble: run {name} in {folder} has no best checkpoint ({checkpoint}) to load")
+        recorded = results[name].get("best_checkpoint")
+        # The run's own checkpoints folder, wherever the experiment was moved to since.
+        checkpoint = folder / name / "checkpoints" / Path(recorded).name if isinstance(recorded, str) else None
+        if checkpoint is None or not checkpoint.is_file():
+            raise ConfigError(f"--ensemble: run {name} in {folder} has no best checkpoint ({recorded}) to load")
         model = MInterface.load_from_checkpoint(checkpoint, map_location="cpu").eval()
         if targets is None:
             config = load_yaml_file(folder / name / "config.yaml")
-            data = DInterface(**config["data"])
+            if not isinstance(config, dict) or not isinstance(config.get("data"), dict):
+                raise ConfigError(f"--ensemble: {folder / name / 'config.yaml'} has no data section to test on")
+            try:
+                data = DInterface(**config["data"])
+            except TypeError as error:  # a config of another version of the template
+                raise ConfigError(f"--ensemble: {folder / name / 'config.yaml'}: its data section: {error}") from error
             data.setup("test")
             targets = torch.cat([y for _, y in data.test_dataloader()])
         outputs = []
@@ -256,12 +288,16 @@ def ensemble_test(folder: Path, names: list[str], results: dict[str, dict[str, A
 
 
 def finished(run: Path) -> bool:
-    """Whether the run directory `run` has the results of its validation or test."""
+    """Whether the run directory `run` has all its results: the validation of its best checkpoint, and its test
+    unless its config switched that off (a run stopped during its test has the first only)."""
     path = run / RESULTS_FILE
     if not path.is_file():
         return False
     try:
         results = read_json(path)
+        config = load_yaml_file(run / "config.yaml") if (run / "config.yaml").is_file() else {}
     except ConfigError:
         return False
-    return bool(results.get("test") or results.get("validation"))
+    tests = not isinstance(config, dict) or config.get("test_after_fit", True) is not False
+    parts = ("validation", "test") if tests else ("validation",)
+    return all(isinstance(results.get(part), dict) and results[part] for part in parts)

@@ -15,10 +15,13 @@ from torch import nn
 from callbacks.results import output_dir, record
 from data.data_interface import item_ids
 from files import write_atomically
+from outputs_and_items import prediction
 
 
-def class_probabilities(outputs: torch.Tensor, loss: nn.Module) -> torch.Tensor:
-    """A classifier's outputs as class probabilities: NLLLoss is given log-probabilities, CrossEntropyLoss logits."""
+def class_probabilities(outputs: Any, loss: nn.Module) -> torch.Tensor:
+    """A classifier's outputs as class probabilities: NLLLoss is given log-probabilities, CrossEntropyLoss logits.
+    `outputs` may be what the network returns, of any shape that `outputs_and_items.prediction` reads."""
+    outputs = prediction(outputs)
     return outputs.exp() if isinstance(loss, nn.NLLLoss) else outputs.softmax(dim=1)
 
 

@@ -24,7 +24,8 @@ from data._in_memory import (
     whole_batch,
 )
 from data._sampling import EpochShuffle, SeededItems
-from data_contract import data_dims
+from data_contract import class_labels, classes_from_targets, data_dims
+from outputs_and_items import ItemPairs, item_keys
 from trust import check_plain, checked_load_arguments, shown
 from utils import ConfigError, DataError, construct, find_class
 
@@ -43,7 +44,7 @@ class DInterface(pl.LightningDataModule):
 
     With `num_folds` K, k-fold cross-validation: the training data (train and val together, never the test split,
     which stays the one of the run without folds) is dealt into K folds with `split_seed`, stratified by class when
-    a classification dataset has `targets` or `labels` (a class index per item): each fold holds each class's items
+    the labels of a classification dataset are known (see below): each fold holds each class's items
     to within one. Fold `fold` is the validation split, the other K - 1 train; `val_fraction` is then not used.
 
     Image data (items whose input is a C x H x W tensor) gets the transforms below; augmentation touches the
@@ -55,11 +56,16 @@ class DInterface(pl.LightningDataModule):
     order, seeding, augmentation and DDP sharding are those of the per-item path run in the main process; that
     path serves everything else, through DataLoader workers.
 
+    Items may be `(input, target)` pairs, longer tuples or dicts: `input_key` and `target_key` say which parts are
+    the input and the target, found by their names when unset (the rule is in `outputs_and_items`).
+
     After `setup`, `example` is one item as the model sees it in evaluation, `dims` describes the data for the
-    model (see `data_contract.data_dims`) and `classes` holds the class names of a classification dataset (its
-    `classes` attribute). Data a model cannot learn from is a DataError naming what is wrong: a single class, a
-    training split of one class (seen without reading the items when the dataset has `targets` or `labels`, a label
-    per item), images that are not of one size once resized.
+    model (see `data_contract.data_dims`) and `classes` holds the class names of a classification dataset: its
+    `classes` attribute, or "0" to "C-1" when its targets are integers, the class indices
+    (`data_contract.classes_from_targets`). Data a model cannot learn from is a DataError naming what is wrong: a
+    single class, a training split of one class (seen when the labels are known: from a `targets` or `labels`
+    attribute, a label per item, or from the items read for lack of a `classes` attribute), images that are not of
+    one size once resized.
 
     Args:
         dataset: Dataset file in `data/`, without `.py`.
@@ -82,6 +88,8 @@ class DInterface(pl.LightningDataModule):
         normalize: Normalise image channels with the dataset's `mean`/`std` attributes (0.5 when it has none).
         random_crop_padding: Augment: pad training images by this many pixels and crop back at random.
         horizontal_flip: Augment: flip training images left-right at random.
+        input_key: For items that are dicts, the key of the input; null finds it by name (image, img, x, input...).
+        target_key: For items that are dicts, the key of the target; null finds it by name (label, labels, target...).
     """
 
     def __init__(
@@ -102,6 +110,8 @@ class DInterface(pl.LightningDataModule):
         normalize: bool = True,
         random_crop_padding: int | None = None,
         horizontal_flip: bool = False,
+        input_key: str | None = None,
+        target_key: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -146,6 +156,7 @@ class DInterface(pl.LightningDataModule):
         self.example: tuple[Any, Any] | None = None
         self.dims: dict[str, Any] = {}
         self.classes: list[str] | None = None
+        self._labels: torch.Tensor | None = None  # a classification dataset's class index per item, when known
         # Image transforms in three parts: resizing, augmentation (training only) and normalisation.
         self._image_steps: tuple[list[Callable], list[Callable], list[Callable]] | None = None
         self._one_size: OneSize | None = None  # resizes images and checks that they then batch
@@ -174,15 +185,21 @@ class DInterface(pl.LightningDataModule):
         val = self.hparams.val_fraction
         what = f"dataset {self.hparams.dataset!r}"
         if self.has_test_split:
-            pool = construct(self.dataset_class, what, "data.dataset_args", args, train=True)
-            self.test_set = construct(self.dataset_class, what, "data.dataset_args", args, train=False)
+            pool = self._pairs(construct(self.dataset_class, what, "data.dataset_args", args, train=True))
+            self.test_set = self._pairs(construct(self.dataset_class, what, "data.dataset_args", args, train=False))
             self.train_set, self.val_set = random_split(pool, [1 - val, val], generator=generator)
         else:
-            pool = construct(self.dataset_class, what, "data.dataset_args", args)
+            pool = self._pairs(construct(self.dataset_class, what, "data.dataset_args", args))
             test = self.test_fraction
             self.train_set, self.val_set, self.test_set = random_split(
                 pool, [1 - val - test, val, test], generator=generator
             )
+        if len(pool):
+            self.classes = getattr(pool, "classes", None)
+            if self.classes is not None:
+                self._labels = class_labels(pool)
+            else:
+                self.classes, self._labels = classes_from_targets(pool, self.hparams.dataset)
         if self.hparams.num_folds is not None:
             self.train_set, self.val_set = self._fold_splits(pool)
         for name, split in (("train", self.train_set), ("val", self.val_set), ("test", self.test_set)):
@@ -192,7 +209,6 @@ class DInterface(pl.LightningDataModule):
                     "use more data or change data.val_fraction / data.test_fraction"
                 )
         self.dataset = pool
-        self.classes = getattr(pool, "classes", None)
         if self.classes is not None:
             self._check_classes()
         x, y = pool[0]
@@ -215,14 +231,22 @@ class DInterface(pl.LightningDataModule):
         self.example = (x, y)  # one item as the model sees it in evaluation
         self.dims = data_dims(self.example, self.classes)
 
+    def _pairs(self, dataset: Dataset) -> Dataset:
+        """`dataset` with its items as (input, target) pairs (see `outputs_and_items`)."""
+        if len(dataset) == 0:
+            return dataset
+        hp = self.hparams
+        keys = item_keys(dataset[0], hp.dataset, hp.get("input_key"), hp.get("target_key"))
+        return dataset if keys is None else ItemPairs(dataset, keys)
+
     def _check_classes(self) -> None:
         """Raise a DataError unless the dataset has two classes or more, and its training split items of two or
-        more (known without reading every item when the dataset has `targets` or `labels`, a label per item)."""
+        more (when its labels are known: see the class docstring)."""
         name = self.hparams.dataset
         if len(self.classes) < 2:
             has = f"a single class ({self.classes[0]!r})" if self.classes else "no classes"
             raise DataError(f"dataset {name!r} has {has}: a classifier needs two or more; add data of another class")
-        labels = class_labels(self.dataset)
+        labels = self._labels
         if labels is None:
             return
         seen = set(labels[self.train_set.indices].tolist())
@@ -244,8 +268,7 @@ class DInterface(pl.LightningDataModule):
                 f"data.num_folds {k}: the training data of {self.hparams.dataset!r} has {len(items)} items, fewer than "
                 "the folds; use fewer folds"
             )
-        labels = class_labels(pool) if getattr(pool, "classes", None) is not None else None  # classification only
-        folds = fold_of_items(items, labels, k, self.hparams.split_seed)
+        folds = fold_of_items(items, self._labels, k, self.hparams.split_seed)  # stratified when classifying
         return Subset(pool, items[folds != fold].tolist()), Subset(pool, items[folds == fold].tolist())
 
     def _image_transforms(self, image: torch.Tensor) -> tuple[list[Callable], list[Callable], list[Callable]]:
@@ -387,20 +410,6 @@ class DInterface(pl.LightningDataModule):
         return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
 
 
-def class_labels(dataset: Dataset) -> torch.Tensor | None:
-    """The class index of each item, when the dataset lists them in `targets` or `labels` (read without reading the
-    items); None otherwise, or when they are not class indices."""
-    labels = getattr(dataset, "targets", None)
-    labels = getattr(dataset, "labels", None) if labels is None else labels
-    if labels is None or len(labels) != len(dataset):
-        return None
-    try:
-        labels = torch.as_tensor(labels)
-    except (TypeError, ValueError):
-        return None
-    return None if labels.dim() != 1 or labels.is_floating_point() else labels
-
-
 def fold_of_items(items: torch.Tensor, labels: torch.Tensor | None, k: int, seed: int) -> torch.Tensor:
     """The fold, 0 to k - 1, of each of `items` (indices into a dataset whose class indices are `labels`, or None).
 
@@ -496,7 +505,7 @@ class TransformedDataset(Dataset):
 
 def _source(dataset: Dataset, indices: list[int]) -> tuple[Dataset, list[int]]:
     """The dataset that a split's items at `indices` come from, and their indices in it."""
-    while isinstance(dataset, (TransformedDataset, Subset, InMemorySplit, SeededItems)):
+    while isinstance(dataset, (TransformedDataset, Subset, InMemorySplit, SeededItems, ItemPairs)):
         if isinstance(dataset, Subset):
             indices = [int(dataset.indices[i]) for i in indices]
         dataset = dataset.dataset

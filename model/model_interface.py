@@ -15,12 +15,15 @@ from data_contract import (
     check_fits,
     check_task,
     input_shape,
+    log_probabilities,
+    loss_for,
     record_input_shape,
     sized_net_args,
     unset_sizes,
 )
 from lightning_internals import logger_writes_this_step
 from model._lr_schedule import LinearWarmup, lr_lambda
+from outputs_and_items import prediction
 from trust import check_plain, checked_load_arguments
 from utils import ConfigError, DataError, construct, find_class
 
@@ -68,10 +71,12 @@ class MInterface(pl.LightningModule):
     """Trains the `nn.Module` defined in `model/<net>.py`; that file stays plain PyTorch.
 
     The network's size parameters (num_classes, in_channels, input_size...) come from the data when left unset;
-    a value set by hand must agree with the data (see `data_contract`). A classification loss
-    (CrossEntropyLoss, NLLLoss) makes this a classifier: accuracy is logged per split with torchmetrics, synced
-    across devices (with top-5 accuracy above 5 classes for validation and test), and the best validation
-    accuracy so far.
+    a value set by hand must agree with the data (see `data_contract`). The network's forward may return a tensor,
+    a tuple, a dict or a dataclass-like object: the prediction is picked from it by the rule of `outputs_and_items`.
+    A classification loss (CrossEntropyLoss, NLLLoss) makes this a classifier: accuracy is logged per split with
+    torchmetrics, synced across devices (with top-5 accuracy above 5 classes for validation and test), and the best
+    validation accuracy so far. Left unset, the loss follows the data (`data_contract.loss_for`) and the checkpoint
+    records the one chosen.
 
     Every argument is a plain value, so checkpoints load with weights-only unpickling and
     `MInterface.load_from_checkpoint(path)` needs nothing else.
@@ -79,7 +84,9 @@ class MInterface(pl.LightningModule):
     Args:
         net: Model file in `model/`, without `.py`.
         net_args: Constructor arguments of that model (on the command line: `--model.net_args.NAME VALUE`).
-        loss: Loss class in `torch.nn`: L1Loss, MSELoss, HuberLoss for regression; CrossEntropyLoss to classify.
+        loss: Loss class in `torch.nn`: L1Loss, MSELoss, HuberLoss for regression; CrossEntropyLoss to classify
+            (NLLLoss for a network that ends with log_softmax); null follows the data: CrossEntropyLoss (or NLLLoss)
+            for data with classes, L1Loss for data without.
         loss_args: Its arguments, e.g. {label_smoothing: 0.1} for CrossEntropyLoss or {delta: 0.5} for HuberLoss.
         optimizer: Optimizer class in `torch.optim`, e.g. SGD, Adam, AdamW.
         optimizer_args: Its other arguments, e.g. {momentum: 0.9, nesterov: true} for SGD.
@@ -107,7 +114,7 @@ class MInterface(pl.LightningModule):
         self,
         net: str = "linear",
         net_args: dict[str, Any] | None = None,
-        loss: str = "L1Loss",
+        loss: str | None = None,
         loss_args: dict[str, Any] | None = None,
         optimizer: str = "SGD",
         optimizer_args: dict[str, Any] | None = None,
@@ -137,8 +144,10 @@ class MInterface(pl.LightningModule):
         self.save_hyperparameters()
         check_plain(dict(self.hparams), "model")
         self.net_class = find_class("model", net, nn.Module)
-        self.loss_fn = _build_loss(loss, loss_args or {})
-        self.classification = isinstance(self.loss_fn, CLASSIFICATION_LOSSES)
+        self.loss_fn: nn.Module | None = None  # when `loss` is unset, chosen in `setup` to follow the data
+        self.classification = False
+        if loss is not None:
+            self._set_loss(loss)
         self.lr = lr  # an attribute, so that Lightning's learning-rate finder can set it
         self.optimizer_class = _torch_attr(torch.optim, "optimizer", optimizer, "SGD, Adam, AdamW")
         self.scheduler_class = (
@@ -170,6 +179,10 @@ class MInterface(pl.LightningModule):
         kwargs = checked_load_arguments(checkpoint_path, hparams_file, weights_only, kwargs)
         return super().load_from_checkpoint(checkpoint_path, map_location, strict=strict, weights_only=True, **kwargs)
 
+    def _set_loss(self, loss: str) -> None:
+        self.loss_fn = _build_loss(loss, self.hparams.get("loss_args") or {})
+        self.classification = isinstance(self.loss_fn, CLASSIFICATION_LOSSES)
+
     def _build_net(self, net_args: dict[str, Any]) -> None:
         if self.hparams.init is not None and net_args.get(PRETRAINED_ARG):
             raise ConfigError(f"model.init would overwrite the pretrained net_args.{PRETRAINED_ARG}: drop one of them")
@@ -184,8 +197,8 @@ class MInterface(pl.LightningModule):
             self.net.compile()
 
     def setup(self, stage: str) -> None:
-        """Size the network from the data module's description of its data (see `data_contract`), check that the
-        two fit, and create the metrics."""
+        """Size the network from the data module's description of its data (see `data_contract`), choose the loss
+        when it is not set, check that the two fit, and create the metrics."""
         datamodule = self.trainer.datamodule
         dims = getattr(datamodule, "dims", None) or {}
         data = getattr(datamodule, "hparams", {}).get("dataset", type(datamodule).__name__)  # for messages
@@ -197,20 +210,33 @@ class MInterface(pl.LightningModule):
             self.save_hyperparameters({**self.hparams, "net_args": sized})
             self._build_net(sized)
         if not dims:
+            if self.loss_fn is None:  # data served by plain loaders: the regression loss of old
+                self._choose_loss(loss_for(dims, False, net=self.hparams.net, data=data))
             return
         if self.hparams.channels_last and "image_size" not in dims:
             raise ConfigError(
                 f"model.channels_last is for conv nets on images, but the data ({data}) has no images: remove it"
             )
-        check_task(self.classification, self.hparams.loss, dims, data)
         # One input batch: for the model summary's sizes, TensorBoard's graph (`log_graph`) and export's tracing.
         self.example_input_array = example = torch.as_tensor(datamodule.example[0]).unsqueeze(0)
-        check_fits(self.net, self._batch_format(example.to(self.device)), dims["output_size"], name=self.hparams.net)
+        name = self.hparams.net
+        out = check_fits(self.net, self._batch_format(example.to(self.device)), dims["output_size"], name=name)
+        log_probs = log_probabilities(out)
+        if self.loss_fn is None:
+            self._choose_loss(loss_for(dims, log_probs, net=name, data=data))
+        check_task(self.classification, self.hparams.loss, dims, data, log_probs=log_probs, net=name)
         if self.classification and self.metrics is None:
             self.metrics = _classification_metrics(dims["num_classes"])
 
+    def _choose_loss(self, loss: str) -> None:
+        """Use `loss` and record it, so that the checkpoint loads with it without the data."""
+        self.save_hyperparameters({**self.hparams, "loss": loss})
+        self._set_loss(loss)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self._batch_format(x))
+        """The network's prediction for `x`: its output, or the part of it that the rule of `outputs_and_items`
+        picks (the first element of a tuple, the `logits` of a dict...)."""
+        return prediction(self.net(self._batch_format(x)), self.hparams.net)
 
     def _batch_format(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last and x.dim() == 4:
@@ -219,12 +245,17 @@ class MInterface(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
+        y = self._targets(y)
         out = self(x)
         loss = self.loss_fn(out, y)
         self._log_train_loss(loss.detach(), len(x), last=batch_idx + 1 == self.trainer.num_training_batches)
         if self.metrics is not None:
             self.metrics["train_metrics"].update(out.detach(), y)
         return loss
+
+    def _targets(self, y: torch.Tensor) -> torch.Tensor:
+        """A classifier's class indices as the int64 the losses take (a dataset may give them as int32 or uint8)."""
+        return y.long() if self.classification and not y.is_floating_point() else y
 
     def _log_train_loss(self, loss: torch.Tensor, batch_size: int, last: bool) -> None:
         """Log `train/loss`, the mean over the items since it was last logged, on the steps the logger writes
@@ -250,6 +281,7 @@ class MInterface(pl.LightningModule):
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         """Log the loss and update the metrics; the outputs go to callbacks' `on_*_batch_end`."""
         x, y = batch
+        y = self._targets(y)
         out = self(x)
         loss = self.loss_fn(out, y)
         # Batches, and those whose loss is nan, is inf, whose inputs or targets are not finite: counted on the

@@ -73,7 +73,7 @@ def test_sizes_flow_from_the_data_into_the_network_and_the_checkpoint(mnist_root
         ({"net": "mlp", "net_args": {"input_size": 100}}, {}, "input_size is 100 but the data .* has 784"),
         ({"net": "cnn", "loss": "L1Loss"}, {}, "has 10 classes but loss L1Loss is a regression loss"),
         ({"net": "linear"}, {"dataset": "line", "dataset_args": {}}, None),
-        ({"net": "mlp"}, {"dataset": "line", "dataset_args": {}}, "has no classes: use a regression loss"),
+        ({"net": "mlp"}, {"dataset": "line", "dataset_args": {}}, "has no classes: its targets are not class indices"),
     ],
 )
 def test_mismatches_between_model_and_data_are_clear_errors(

@@ -222,3 +222,26 @@ def test_per_subcommand_parser_kwargs_reach_their_parser(
         TemplateCLI(command_line, parser_kwargs={subcommand: {"default_config_files": [str(defaults)]}})
     assert done.value.code == 0
     assert yaml.safe_load(capsys.readouterr().out)["model"]["lr"] == 0.123
+
+
+def test_help_lists_the_shorthands_models_datasets_and_commands(tmp_path: Path) -> None:
+    run = run_main("--help", cwd=tmp_path)
+    assert run.returncode == 0
+    text = run.stdout
+    assert "--model NAME" in text and "--data NAME" in text
+    for name in ("cnn", "linear", "mlp", "json_images", "synthetic", "env", "export", "cv, repeat", "aggregate DIR"):
+        assert f"\n  {name} " in text, name
+    assert "The multilayer perceptron" in text  # each file's first docstring line
+
+
+def test_a_checkpoint_alone_brings_its_data_and_options_given_still_win(tmp_path: Path) -> None:
+    tiny = ("--data.dataset_args.num_samples=200", "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false")
+    trained = run_main("--model", "mlp", *tiny, cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    ckpt = str(trained.run_dir / "checkpoints/last.ckpt")
+    test = run_main("test", "--ckpt_path", ckpt, "--data.batch_size=8", cwd=tmp_path)
+    assert test.returncode == 0, test.stderr[-3000:]
+    config = yaml.safe_load((test.run_dir / "config.yaml").read_text())
+    assert config["data"]["dataset"] == "synthetic" and config["data"]["dataset_args"]["num_samples"] == 200
+    assert config["data"]["batch_size"] == 8  # given on the command line: it wins over the checkpoint's 64
+    assert test.results["checkpoint"] == ckpt and "test/acc" in test.results["test"]

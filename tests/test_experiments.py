@@ -159,15 +159,42 @@ def test_aggregate_names_the_missing_fold_of_folds_run_as_separate_jobs(tmp_path
         run = tmp_path / f"version_{fold}"
         run.mkdir()
         (run / "config.yaml").write_text(f"data:\n  num_folds: 3\n  fold: {fold}\n")
-        (run / "results.json").write_text(json.dumps({"test": {"test/acc": 0.5 + fold / 10}}))
+        (run / "results.json").write_text(
+            json.dumps({"validation": {"val/loss": 1.0}, "test": {"test/acc": 0.5 + fold / 10}})
+        )
     with pytest.raises(ConfigError, match=r": fold 1 of 3 has no run with results, so nothing is averaged$"):
         experiments.aggregate(tmp_path)
     (tmp_path / "version_1").mkdir()
     (tmp_path / "version_1" / "config.yaml").write_text("data:\n  num_folds: 3\n  fold: 1\n")
-    (tmp_path / "version_1" / "results.json").write_text(json.dumps({"test": {"test/acc": 0.6}}))
+    (tmp_path / "version_1" / "results.json").write_text(
+        json.dumps({"validation": {"val/loss": 1.0}, "test": {"test/acc": 0.6}})
+    )
     experiments.aggregate(tmp_path)
     summary = json.loads((tmp_path / "results.json").read_text())
     assert summary["metrics"]["test test/acc"]["mean"] == pytest.approx(0.6)
+
+
+def test_aggregate_of_a_diverged_run_gives_nan_and_a_bad_value_is_named(tmp_path: Path) -> None:
+    for name, loss in (("seed_0", 0.5), ("seed_1", "nan")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text("seed_everything: 0\n")
+        (tmp_path / name / "results.json").write_text(json.dumps({"validation": {"val/loss": loss}, "test": {}}))
+    (tmp_path / "seed_0" / "config.yaml").write_text("test_after_fit: false\n")
+    (tmp_path / "seed_1" / "config.yaml").write_text("test_after_fit: false\n")
+    experiments.aggregate(tmp_path)
+    row = json.loads((tmp_path / "results.json").read_text())["metrics"]["validation val/loss"]
+    assert row["mean"] == "nan" and row["std"] == "nan" and row["values"] == {"seed_0": 0.5, "seed_1": "nan"}
+    (tmp_path / "seed_1" / "results.json").write_text(json.dumps({"validation": {"val/loss": "x"}}))
+    with pytest.raises(ConfigError, match=r"seed_1/results.json: val/loss is \"x\", not a number"):
+        experiments.aggregate(tmp_path)
+
+
+def test_a_run_stopped_during_its_test_is_not_finished(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("test_after_fit: true\n")
+    (tmp_path / "results.json").write_text(json.dumps({"fit": {"val/loss": 1.0}, "validation": {"val/loss": 1.0}}))
+    assert not experiments.finished(tmp_path)
+    (tmp_path / "config.yaml").write_text("test_after_fit: false\n")
+    assert experiments.finished(tmp_path)
 
 
 # --- end to end, in subprocesses -------------------------------------------------------------------------------------

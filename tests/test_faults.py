@@ -416,14 +416,15 @@ def test_resuming_skips_a_damaged_last_ckpt_and_ignores_backup_folders(trained: 
 @pytest.mark.slow
 @pytest.mark.parametrize("place", ["a file", "read-only"])
 def test_an_unwritable_runs_folder_is_one_line_naming_it(tmp_path: Path, place: str) -> None:
+    run_folder = Path("runs", "mlp", "version_0")  # the run directory, created before anything is written into it
     if place == "a file":
         (tmp_path / "runs").write_text("not a folder")
-        expected = f"error: cannot write {tmp_path / 'runs' / 'mlp'}: {tmp_path / 'runs'} is a file, not a folder"
+        expected = f"error: cannot create the folder {run_folder}: runs is a file, not a folder"
     elif os.geteuid() == 0:
         pytest.skip("root writes into read-only folders: chmod cannot refuse it a write")
     else:
         (tmp_path / "runs").mkdir(mode=0o555)
-        expected = f"error: cannot write {tmp_path / 'runs' / 'mlp'}: {os.strerror(errno.EACCES)}"
+        expected = f"error: cannot create the folder {run_folder}: {os.strerror(errno.EACCES)}"
     run = run_main(*TRAIN, cwd=tmp_path)
     assert run.returncode == 2
     assert error_lines(run) == [expected]

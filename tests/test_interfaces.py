@@ -134,6 +134,9 @@ def test_argv_selects_an_experiment_config_by_name_and_expands_aliases() -> None
     assert names_of(["--model", "resnet"])[0] == "torchvision_model"
     expanded = ["fit", "--data.dataset", "mnist", "--data.dataset_args.root=d"]
     assert argv_of(["--data", "mnist", "--data.root=d"]) == expanded
+    # configs/json_images.yaml sets the model, the optimizer and the trainer too: `--data` never reads such a config.
+    assert argv_of(["--data", "json_images"]) == ["fit", "--data.dataset", "json_images"]
+    assert read_command_line(["--model", "json_images"]).configs == [str(ROOT / "configs" / "json_images.yaml")]
 
 
 def test_selected_names_follow_configs_then_later_arguments(tmp_path) -> None:
