@@ -13,6 +13,7 @@ from conftest import run_main, write_mnist
 from torch.utils.data import Dataset, Subset
 
 import experiments
+from callbacks.run_directory import lock_run
 from data.data_interface import DInterface
 from trust import load_yaml_file
 from utils import ConfigError
@@ -269,9 +270,12 @@ def test_cv_stops_at_a_failed_fold(cv_folder: Path, tmp_path: Path) -> None:
     cwd = copy_of(cv_folder, tmp_path)
     folder = cwd / "runs" / "mlp" / "cv3"
     (folder / "fold_1" / "results.json").unlink()
-    (folder / "fold_1" / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
     shutil.rmtree(folder / "fold_2")
-    run = run_main(*CV, cwd=cwd)
+    held = lock_run(folder / "fold_1")  # another process trains fold 1: its resume is refused
+    try:
+        run = run_main(*CV, cwd=cwd)
+    finally:
+        held.close()
     assert run.returncode == 1
     assert "error: cv fold_1 failed (exit status 2" in run.stderr
     assert "runs with results (fold_0) are kept" in run.stderr
