@@ -16,13 +16,14 @@ from typing import Any
 
 from data.data_interface import DInterface
 from model.model_interface import MInterface
+from runs import RUNS_DIR, latest_checkpoint
 from trust import load_checkpoint, load_yaml_file
 from utils import ROOT, ConfigError, available, did_you_mean
 
 # Lightning's learning-rate and batch-size finders run as subcommands too (see finders.py).
 SUBCOMMANDS = ("fit", "validate", "test", "predict", "lr_find", "scale_batch_size")
 # Handled by main.py before LightningCLI.
-OWN_COMMANDS = ("env", "export", "cv", "repeat", "aggregate")
+OWN_COMMANDS = ("env", "export", "cv", "repeat", "aggregate", "sweep")
 # `--model NAME` / `--data NAME` set these keys.
 SHORTHANDS = {"--model": "--model.net", "--data": "--data.dataset"}
 NAME_KEYS = {"model": "net", "data": "dataset"}
@@ -42,6 +43,8 @@ class CommandLine:
     model: str
     data: str
     configs: list[str]
+    # The checkpoint file that `--ckpt_path last|best` of validate, test or predict meant here, whose data it brought.
+    checkpoint: str | None = None
 
 
 def read_command_line(argv: list[str]) -> CommandLine:
@@ -53,8 +56,9 @@ def read_command_line(argv: list[str]) -> CommandLine:
     alone: choosing a dataset never changes the model, the optimizer or the trainer. Later settings win, as in
     the parser itself. A checkpoint given with `--ckpt_path` names the model (LightningCLI applies its
     hyperparameters last; a different model chosen on the command line is an error), and for validate, test and
-    predict the data module it was trained with, which every option given overrides. Idempotent, because DDP
-    re-launches this script with the rewritten `sys.argv`.
+    predict the data module it was trained with, which every option given overrides; so does `--ckpt_path last` or
+    `best`, which means the latest run of the model under runs/<model>. Idempotent, because DDP re-launches this
+    script with the rewritten `sys.argv`.
     """
     if argv and not argv[0].startswith("-") and argv[0] not in SUBCOMMANDS:
         commands = [*SUBCOMMANDS, *OWN_COMMANDS]
@@ -69,12 +73,13 @@ def read_command_line(argv: list[str]) -> CommandLine:
         "model": inspect.signature(MInterface).parameters["net"].default,
         "data": inspect.signature(DInterface).parameters["dataset"].default,
     }
-    configs: list[str] = []  # the configs that shorthands select, read before the rest
+    configs: dict[str, list[str]] = {"model": [], "data": []}  # those that shorthands select, read before the rest
     rest: list[str] = []
     read: list[str] = []  # every config file, in the order the parser reads them
-    from_configs: dict[str, str] = {}
+    from_configs: dict[str, dict[str, str]] = {"model": {}, "data": {}}
     from_rest: dict[str, str] = {}
     chosen, held, held_data = None, None, None  # the model named on the command line; the checkpoint's model, data
+    kind, checkpoint = None, None  # `--ckpt_path last|best`, and the file it means
     tokens = iter(argv[1:])
     for token in tokens:
         key, eq, value = token.partition("=")
@@ -87,10 +92,10 @@ def read_command_line(argv: list[str]) -> CommandLine:
             config = ROOT / "configs" / f"{value}.yaml"
             content = load_yaml_file(config) if config.is_file() else None
             if content is not None and (group == "model" or _data_only(content)):
-                configs += ["--config", str(config)]
+                configs[group] += ["--config", str(config)]
                 read.append(str(config))
                 found = _names_in(content)
-                from_configs.update(found)
+                from_configs[group].update(found)
                 chosen = found.get("model") or chosen
             if content is None or value in available(group):
                 rest += [SHORTHANDS[key], value]
@@ -109,6 +114,10 @@ def read_command_line(argv: list[str]) -> CommandLine:
             ckpt_path = config.get("ckpt_path") if isinstance(config, dict) else None
             if isinstance(ckpt_path, str) and _is_file(ckpt_path):
                 held, held_data = _held(ckpt_path)
+        elif key in SHORTHANDS and value.lstrip().startswith("{"):  # inline, as the checkpoint's data inserted above
+            if name := _name(_json(value), group):
+                from_rest[group] = name
+                chosen = name if group == "model" else chosen
         elif key in SHORTHANDS and _is_file(value):  # a sub-config of the model or the data
             name = _name(load_yaml_file(value), group)
             read.append(value)
@@ -116,27 +125,43 @@ def read_command_line(argv: list[str]) -> CommandLine:
                 from_rest[group] = name
                 chosen = name if group == "model" else chosen
         elif key == "--ckpt_path" and _is_file(value):
-            held, held_data = _held(value)
+            held, held_data, kind = *_held(value), None
+        elif key == "--ckpt_path" and value in ("last", "best"):
+            kind = value
         if takes_value:
             rest += [key + eq + value] if eq else [key, value] if value else [key]
         else:
             rest.append(key + eq + value)
+    if kind and subcommand in ("validate", "test", "predict"):
+        model = chosen or names["model"]
+        # None when no run has a checkpoint yet: LightningCLI's parse then says so (see runs.resolve_ckpt_path).
+        found = latest_checkpoint(Path(RUNS_DIR) / model, kind)
+        if found is not None:
+            checkpoint = str(found)
+            held, held_data = _held(checkpoint)
     if held and chosen and held != chosen:
         raise ConfigError(
             f"--ckpt_path holds a checkpoint of model {held!r}, not {chosen!r}: give a checkpoint of "
             f"{chosen!r}, or leave the model out to use {held!r}"
         )
-    head = [subcommand]
+    names.update(from_configs["model"])
+    held_argv: list[str] = []
     if held_data and subcommand in ("validate", "test", "predict"):
-        # What the checkpoint's data module was, first: every config and option given overrides it.
+        # What the checkpoint's data module was, over the data options of the model's own config (configs/NAME.yaml
+        # of `--model NAME`, which may name another dataset than the run's), under every other config and option.
         held_config = json.dumps(held_data, sort_keys=True)
-        if rest[:2] == ["--data", held_config]:  # inserted by this function before (DDP's re-launch)
-            rest = rest[2:]
-        head += ["--data", held_config]
+        if not _holds(rest, ["--data", held_config]):  # if it does, this function inserted it (DDP's re-launch)
+            held_argv = ["--data", held_config]
         names["data"] = held_data.get("dataset") or names["data"]
-    names.update(from_configs)
+    names.update(from_configs["data"])
     names.update(from_rest)
-    return CommandLine(head + configs + rest, held or names["model"], names["data"], read)
+    argv = [subcommand, *configs["model"], *held_argv, *configs["data"], *rest]
+    return CommandLine(argv, held or names["model"], names["data"], read, checkpoint)
+
+
+def _holds(tokens: list[str], pair: list[str]) -> bool:
+    """Whether `tokens` hold the option and value `pair`, one after the other."""
+    return any(tokens[i : i + 2] == pair for i in range(len(tokens) - 1))
 
 
 def _held(ckpt_path: str) -> tuple[str | None, dict[str, Any] | None]:
@@ -144,6 +169,14 @@ def _held(ckpt_path: str) -> tuple[str | None, dict[str, Any] | None]:
     checkpoint = load_checkpoint(ckpt_path)
     data = checkpoint.get("datamodule_hyper_parameters")
     return _name(checkpoint.get("hyper_parameters"), "model"), data if isinstance(data, dict) and data else None
+
+
+def _json(text: str) -> Any:
+    """The value of a JSON text, or None if it is none (the parser then names what is wrong with it)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 def _data_only(config: Any) -> bool:
@@ -197,6 +230,7 @@ def overview() -> str:
         "  export                a checkpoint's network as state_dict, TorchScript, ONNX (export --help)",
         "  cv, repeat            k-fold cross-validation, or one run per seed, then the results table",
         "  aggregate DIR         the results table of a folder of runs",
+        "  sweep                 hyperparameter search on Optuna, each trial a run (sweep --help)",
         "",
         "A model's and a dataset's own options: python main.py fit --model NAME --data NAME --help",
     ]

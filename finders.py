@@ -1,6 +1,8 @@
 """The template's Trainer: Lightning's, with the learning-rate and batch-size finders as methods, so that LightningCLI
 runs them as the subcommands `lr_find` and `scale_batch_size` (with the same options as `fit` and those below), and
-with each run's own directory as its `log_dir`, whatever the logger."""
+with each run's own directory as its `log_dir`, whatever the logger. Its evaluation methods say in one line what
+they do: LightningCLI lists the first line of each method's docstring in `--help`, which cut Lightning's own
+mid-sentence."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.core.datamodule import LightningDataModule
 from lightning.pytorch.tuner import Tuner
 
 from callbacks.results import record
@@ -25,6 +28,94 @@ class TemplateTrainer(pl.Trainer):
         local = run_dir(self) if self.is_global_zero else None
         found = self.strategy.broadcast(str(local) if local is not None else None)
         return found if found is not None else super().log_dir
+
+    def fit(
+        self,
+        model: pl.LightningModule,
+        train_dataloaders: Any | LightningDataModule | None = None,
+        val_dataloaders: Any | None = None,
+        datamodule: LightningDataModule | None = None,
+        ckpt_path: str | Path | None = None,
+        weights_only: bool | None = None,
+    ) -> None:
+        """Train the model on the data, then validate and test its best checkpoint (see --test_after_fit).
+
+        Args:
+            model: The model to train.
+            train_dataloaders: Its training data, as loaders or a data module.
+            val_dataloaders: Its validation data.
+            datamodule: Its data.
+            ckpt_path: A checkpoint to go on from: a file, or last or best of the latest run under runs/<model>,
+                which then goes on in its own run directory (last with no run yet starts one).
+            weights_only: Load the checkpoint weights-only (always, in this template).
+        """
+        super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
+
+    def validate(
+        self,
+        model: pl.LightningModule | None = None,
+        dataloaders: Any | LightningDataModule | None = None,
+        ckpt_path: str | Path | None = None,
+        verbose: bool = True,
+        datamodule: LightningDataModule | None = None,
+        weights_only: bool | None = None,
+    ) -> list[dict[str, float]]:
+        """Evaluate the model on the validation split once; results.json records the metrics and the checkpoint.
+
+        Args:
+            model: The model to validate.
+            dataloaders: Its validation data, as loaders or a data module.
+            ckpt_path: A checkpoint file, or last or best: that of the latest run under runs/<model>, whose data
+                module is then rebuilt too (every option given still wins).
+            verbose: Print the metrics.
+            datamodule: Its data.
+            weights_only: Load the checkpoint weights-only (always, in this template).
+        """
+        return super().validate(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
+
+    def test(
+        self,
+        model: pl.LightningModule | None = None,
+        dataloaders: Any | LightningDataModule | None = None,
+        ckpt_path: str | Path | None = None,
+        verbose: bool = True,
+        datamodule: LightningDataModule | None = None,
+        weights_only: bool | None = None,
+    ) -> list[dict[str, float]]:
+        """Evaluate the model on the test split once (never during fit); results.json records the metrics.
+
+        Args:
+            model: The model to test.
+            dataloaders: Its test data, as loaders or a data module.
+            ckpt_path: A checkpoint file, or last or best: that of the latest run under runs/<model>, whose data
+                module is then rebuilt too (every option given still wins).
+            verbose: Print the metrics.
+            datamodule: Its data.
+            weights_only: Load the checkpoint weights-only (always, in this template).
+        """
+        return super().test(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
+
+    def predict(
+        self,
+        model: pl.LightningModule | None = None,
+        dataloaders: Any | LightningDataModule | None = None,
+        datamodule: LightningDataModule | None = None,
+        return_predictions: bool | None = None,
+        ckpt_path: str | Path | None = None,
+        weights_only: bool | None = None,
+    ) -> list[Any] | None:
+        """Predict with the model and write predictions.csv into a run directory of its own.
+
+        Args:
+            model: The model to predict with.
+            dataloaders: The data to predict on, as loaders or a data module.
+            datamodule: Its data.
+            return_predictions: Keep the predictions in memory as well (not with processes of their own).
+            ckpt_path: A checkpoint file, or last or best: that of the latest run under runs/<model>, whose data
+                module is then rebuilt too (every option given still wins).
+            weights_only: Load the checkpoint weights-only (always, in this template).
+        """
+        return super().predict(model, dataloaders, datamodule, return_predictions, ckpt_path, weights_only)
 
     def lr_find(
         self,
@@ -68,10 +159,8 @@ class TemplateTrainer(pl.Trainer):
         if (directory := self._tuned_run(model, datamodule)) and finder is not None:
             results["plot"] = str(directory / "lr_find.png")
             finder.plot(suggest=True).savefig(results["plot"])
-        print(f"Suggested learning rate: {suggestion:.3g}" if suggestion else "No suggested learning rate")
-        record(self, {"lr_find": results})
-        if train:
-            self.fit(model, datamodule=datamodule)
+        said = f"Suggested learning rate: {suggestion:.3g}" if suggestion else "No suggested learning rate"
+        self._found(model, datamodule, said, {"lr_find": results}, train)
         return suggestion
 
     def scale_batch_size(
@@ -110,11 +199,23 @@ class TemplateTrainer(pl.Trainer):
             max_val=max_val,
         )
         self._tuned_run(model, datamodule)
-        print(f"Suggested batch size: {size}")
-        record(self, {"scale_batch_size": {"suggested_batch_size": size}})
+        results = {"scale_batch_size": {"suggested_batch_size": size}}
+        self._found(model, datamodule, f"Suggested batch size: {size}", results, train)
+        return size
+
+    def _found(
+        self,
+        model: pl.LightningModule,
+        datamodule: pl.LightningDataModule | None,
+        said: str,
+        results: dict[str, Any],
+        train: bool,
+    ) -> None:
+        """What a finder ends with: say what it found, record it in results.json, then fit with it when `train`."""
+        print(said)
+        record(self, results)
         if train:
             self.fit(model, datamodule=datamodule)
-        return size
 
     def _tuned_run(self, model: pl.LightningModule, datamodule: pl.LightningDataModule | None) -> Path | None:
         """Make what the finder set (the learning rate, the batch size) the hyperparameters that the loggers and the

@@ -99,6 +99,7 @@ class TemplateCLI(LightningCLI):
 
     def __init__(self, command_line: CommandLine, **kwargs: Any) -> None:
         self.argv, self.configs = command_line.argv, command_line.configs
+        self.held_checkpoint = command_line.checkpoint  # the file whose data `--ckpt_path last|best` brought
         self.net_class = find_class("model", command_line.model, nn.Module)
         self.dataset_class = find_class("data", command_line.data, Dataset)
         logger = {
@@ -113,6 +114,8 @@ class TemplateCLI(LightningCLI):
             "formatter_class": OverviewFormatter,
             **kwargs.pop("parser_kwargs", {}),
         }
+        for name in self.subcommands():  # a short usage line: the options follow, grouped, the model's first
+            parser_kwargs[name] = {"usage": "%(prog)s [options]", **parser_kwargs.get(name, {})}
         super().__init__(
             MInterface,
             DInterface,
@@ -138,14 +141,18 @@ class TemplateCLI(LightningCLI):
         """The trainer's options, and the interfaces' with `model.net_args`/`data.dataset_args` taken from the chosen
         network's and dataset's constructors (typed, checked and listed in --help): LightningCLI's own would make them
         one untyped dict."""
+        chosen = (("model", MInterface, self.net_class), ("data", DInterface, self.dataset_class))
+        for key, _, cls in chosen:  # first, so that --help shows the chosen network's and dataset's own at the top
+            parser.add_class_arguments(
+                cls, f"{key}.{NAME_KEYS[key]}_args", skip={"train"}, instantiate=False, fail_untyped=False,
+                sub_configs=True,
+            )
+        for key, interface, _ in chosen:
+            parser.add_class_arguments(
+                interface, key, skip={f"{NAME_KEYS[key]}_args"}, fail_untyped=False, sub_configs=True
+            )
         parser.add_lightning_class_args(self.trainer_class, "trainer")
         parser.set_defaults({f"trainer.{k}": v for k, v in self.trainer_defaults.items() if k != "callbacks"})
-        for key, interface, cls in (("model", MInterface, self.net_class), ("data", DInterface, self.dataset_class)):
-            args = f"{NAME_KEYS[key]}_args"
-            parser.add_class_arguments(interface, key, skip={args}, fail_untyped=False, sub_configs=True)
-            parser.add_class_arguments(
-                cls, f"{key}.{args}", skip={"train"}, instantiate=False, fail_untyped=False, sub_configs=True
-            )
         # Unset, a network's size parameters are filled in from the data (see data_contract.py).
         parser.set_defaults(size_defaults(self.net_class))
 
@@ -191,11 +198,18 @@ class TemplateCLI(LightningCLI):
         logger = section.trainer.get("logger")
         loggers = logger if isinstance(logger, list) else [logger]
         runs = _runs_folder(loggers[0]) if loggers else None  # the first logger names the run
+        for each in loggers:
+            _with_local_store(each)
         self.given = self.config.clone()  # the model's options before a checkpoint's hyperparameters replace them
         if "ckpt_path" not in section:  # the finders
             return
         ckpt_path = resolve_ckpt_path(subcommand, section.ckpt_path, runs, rank=rank_zero_only.rank)
         section.ckpt_path = self.given[subcommand].ckpt_path = ckpt_path
+        if self.held_checkpoint and ckpt_path and Path(ckpt_path).resolve() != Path(self.held_checkpoint).resolve():
+            raise ConfigError(
+                f"--ckpt_path means {ckpt_path} under this logger's folder, but the data module was rebuilt from "
+                f"{self.held_checkpoint} (runs/<model>'s latest run); give the checkpoint's path instead"
+            )
         if not ckpt_path or subcommand != "fit":
             return
         # A fit from a checkpoint may go on in its run's directory, over that run's config.yaml.
@@ -276,6 +290,9 @@ class TemplateCLI(LightningCLI):
             # Fix the run's version now: ddp_spawn's processes would otherwise each pick a new one, per stage, and
             # a second logger one past the first's folder.
             logger.version  # noqa: B018
+        for callback in trainer.callbacks:
+            if isinstance(callback, RunDirectory):
+                callback.expect(trainer)  # a run that fails before training removes the folder it created
         return trainer
 
     def _section(self, config: Any) -> Any:
@@ -372,6 +389,17 @@ def _runs_folder(logger: Any) -> Path | None:
     return Path(init.save_dir) / init.name if init.get("save_dir") and init.get("name") else None
 
 
+def _with_local_store(logger: Any) -> None:
+    """Give an MLflow logger without a tracking_uri a local database under its save_dir (runs/mlflow.db): MLflow's
+    own default, a folder of files, is refused by MLflow 3. Said in one line, and recorded in config.yaml."""
+    if not str(getattr(logger, "class_path", "")).endswith(".MLFlowLogger") or logger.init_args.get("tracking_uri"):
+        return
+    store = f"sqlite:///{Path(logger.init_args.get('save_dir') or RUNS_DIR) / 'mlflow.db'}"
+    logger.init_args.tracking_uri = store
+    if rank_zero_only.rank == 0:
+        print(f"MLflow keeps its runs in {store} (--trainer.logger.tracking_uri sets another store)")
+
+
 def _with_args_as_dict(class_type: type, *args: Any, **kwargs: Any) -> Any:
     """Build an interface with the chosen class's arguments as one dict (`net_args`, `dataset_args`), which
     jsonargparse passes as flat `net_args.NAME` keywords."""
@@ -418,6 +446,10 @@ def main(argv: list[str] | None = None) -> None:
         import experiments
 
         sys.exit(experiments.main(argv))
+    if argv[:1] == ["sweep"]:
+        import sweep
+
+        sys.exit(sweep.main(argv))
     signal.signal(signal.SIGTERM, _terminate)
     try:
         command_line = read_command_line(argv)

@@ -300,8 +300,17 @@ def write_report(measured: dict[str, Any], out_dir: Path) -> list[tuple[str, flo
             "main.py` adds to that (TensorBoard, checkpointing, early stopping, LR monitor, training summary, NaN "
             "guard, progress bar, classification figures)."
         ]
-    (out_dir / "RESULTS.md").write_text("\n".join(out) + "\n")
+    (out_dir / "RESULTS.md").write_text("\n".join(out) + "\n" + _kept_notes(out_dir / "RESULTS.md"))
     return chart
+
+
+# RESULTS.md from this line on is written by hand (measurements of other scripts); a new report keeps it.
+NOTES_MARK = "<!-- notes: kept when bench/run.py rewrites this file -->"
+
+
+def _kept_notes(path: Path) -> str:
+    text = path.read_text() if path.is_file() else ""
+    return "\n" + text[text.index(NOTES_MARK) :] if NOTES_MARK in text else ""
 
 
 def _misses(summaries: dict[str, dict[str, Any]]) -> list[str]:

@@ -16,6 +16,7 @@ from callbacks.results import output_dir, record
 from data.data_interface import item_ids
 from files import write_atomically
 from outputs_and_items import prediction
+from utils import ConfigError
 
 
 def class_probabilities(outputs: Any, loss: nn.Module) -> torch.Tensor:
@@ -25,13 +26,29 @@ def class_probabilities(outputs: Any, loss: nn.Module) -> torch.Tensor:
     return outputs.exp() if isinstance(loss, nn.NLLLoss) else outputs.softmax(dim=1)
 
 
+COLUMNS = ("prediction", "class", "probability")  # a classifier's, per class listed
+
+
+def _top_k(trainer: pl.Trainer) -> int:
+    """How many classes per item predictions.csv lists: the data module's `top_k`, 1 without one."""
+    return int(_data_options(trainer).get("top_k", 1))
+
+
+def _data_options(trainer: pl.Trainer) -> Any:
+    """The data module's hyperparameters, empty without a data module."""
+    return getattr(trainer.datamodule, "hparams", None) or {}
+
+
 class PredictionsWriter(BasePredictionWriter):
     """Writes `filename` into the run directory when a predict run ends, and records it in results.json
-    (`predictions`, and `num_predictions`). One row per item of the data module's `predict_set`, in its order, named
-    by the item's id (its file name, or its index in the dataset: `item_ids`): for a classifier, the predicted
-    class, its name and its probability; else the predicted values (`prediction`, or `prediction_0`,
-    `prediction_1`... for several). On several devices, each predicts a share of the items, which global rank 0
-    gathers.
+    (`predictions`, `num_predictions`, and the data module's `predict_path` when it predicted new data).
+
+    One row per item of the data module's `predict_set`, in its order, named by the item's id (its file name, or its
+    index in the dataset: `item_ids`): for a classifier, the predicted class, its name and its probability
+    (`prediction`, `class`, `probability`), and with the data module's `top_k` K above 1 the next most probable
+    classes as `prediction_2`, `class_2`, `probability_2` ... up to K; else the predicted values (`prediction`, or
+    `prediction_0`, `prediction_1`... for several). On several devices, each predicts a share of the items, which
+    global rank 0 gathers.
 
     Args:
         filename: Name of the CSV file written into the run directory.
@@ -40,6 +57,17 @@ class PredictionsWriter(BasePredictionWriter):
     def __init__(self, filename: str = "predictions.csv") -> None:
         super().__init__(write_interval="epoch")
         self.filename = filename
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Check `top_k` before predicting: it is for classifiers, and at most their number of classes."""
+        top_k = _top_k(trainer)
+        if top_k == 1:
+            return
+        if not pl_module.classification:
+            raise ConfigError(f"data.top_k {top_k} is for classifiers; this model predicts values: remove it")
+        classes = getattr(trainer.datamodule, "classes", None)
+        if classes and top_k > len(classes):
+            raise ConfigError(f"data.top_k {top_k} is more than the {len(classes)} classes: use {len(classes)} or less")
 
     def write_on_epoch_end(
         self,
@@ -60,6 +88,9 @@ class PredictionsWriter(BasePredictionWriter):
         order = sorted(range(len(indices)), key=indices.__getitem__)
         outputs = torch.cat([share for share, _ in shares])[order]
         results: dict[str, Any] = {"num_predictions": len(outputs)}
+        hparams = _data_options(trainer)
+        if hparams.get("predict_path") is not None:  # what was predicted on: new data, not the test split
+            results["predict_path"] = str(hparams["predict_path"])
         if (directory := output_dir(trainer)) is not None:
             ids = item_ids(trainer.datamodule.predict_set)
             text = self._table(trainer, pl_module, outputs, [ids[indices[i]] for i in order])
@@ -73,11 +104,14 @@ class PredictionsWriter(BasePredictionWriter):
         rows = io.StringIO()
         writer = csv.writer(rows)
         if pl_module.classification:
-            probability, predicted = class_probabilities(outputs, pl_module.loss_fn).max(dim=1)
+            top_k = min(_top_k(trainer), outputs.shape[1])
+            probability, predicted = class_probabilities(outputs, pl_module.loss_fn).topk(top_k, dim=1)
             classes = trainer.datamodule.classes or [str(i) for i in range(outputs.shape[1])]
-            writer.writerow(["id", "prediction", "class", "probability"])
-            for item, label, p in zip(ids, predicted.tolist(), probability.tolist(), strict=True):
-                writer.writerow([item, label, classes[label], f"{p:.6g}"])
+            ranks = ["", *(f"_{rank}" for rank in range(2, top_k + 1))]
+            writer.writerow(["id", *(f"{column}{rank}" for rank in ranks for column in COLUMNS)])
+            for item, labels, ps in zip(ids, predicted.tolist(), probability.tolist(), strict=True):
+                ranked = zip(labels, ps, strict=True)
+                writer.writerow([item, *(cell for label, p in ranked for cell in (label, classes[label], f"{p:.6g}"))])
         else:
             values = outputs.flatten(1)
             columns = ["prediction"] if values.shape[1] == 1 else [f"prediction_{i}" for i in range(values.shape[1])]

@@ -32,7 +32,7 @@ class RunResults(Callback):
     - `fit`: the metrics as training ends (train/*, the last validation's val/*, val/acc_best);
     - `best_checkpoint`: the best checkpoint of the first ModelCheckpoint, or null;
     - `validation`, `test`: the metrics of a validate or test run (not of the validations inside fit), and
-      `checkpoint`, the checkpoint it evaluated (null: the network as it was);
+      `checkpoint`, the checkpoint it evaluated (null: the network as it was), which a predict run records too;
     - `state_dict`: model.pth, the weights of the network evaluated last (`pl_module.net`), which load without
       Lightning: after fit, the CLI evaluates the best checkpoint, so these are the best network's;
     - what other callbacks and the CLI add with `record` (parameters, predictions, lr_find...).
@@ -59,7 +59,9 @@ class RunResults(Callback):
         self.add(trainer, {"fit": _metrics(trainer, ""), "best_checkpoint": best})
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        # Called once a validate or test run has finished (not when it failed), after its table is printed.
+        # Called once a validate, test or predict run has finished (not when it failed), after its table is printed.
+        if stage == "predict":
+            self.add(trainer, {"checkpoint": trainer.ckpt_path})
         if stage not in EVALUATIONS:
             return
         part, prefix = EVALUATIONS[stage]

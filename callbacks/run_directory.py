@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 from pathlib import Path
 from typing import IO
 
@@ -14,6 +15,8 @@ from files import make_dir, run_dir, write_atomically
 from utils import ConfigError
 
 SLURM_JOB_FILE = "slurm_job"  # in a run directory: the SLURM job that trains it
+# What the template and its loggers write into a run directory before the first training step.
+BEFORE_TRAINING = ("config.yaml", "hparams.yaml", ".lock", SLURM_JOB_FILE, "events.out.tfevents.*", "metrics.csv")
 
 
 def lock_run(run: Path) -> IO[str]:
@@ -64,7 +67,34 @@ def run_of_job(runs: Path, job: str) -> Path | None:
 class RunDirectory(SaveConfigCallback):
     """LightningCLI's SaveConfigCallback, which first takes the run directory's lock (`lock_run`: a second process
     resuming a run in use is refused before it writes anything there) and, under SLURM, records the job that
-    trains the run, for the job requeued to find (`run_of_job`)."""
+    trains the run, for the job requeued to find (`run_of_job`).
+
+    A run that fails before its first training step (bad data, an error in setup or in the sanity check, Ctrl+C)
+    leaves no run directory behind, so that its version number is free again: the directory is removed when this
+    run created it (`expect`) and it holds nothing but what the template wrote there (`BEFORE_TRAINING`).
+    """
+
+    place: Path | None = None  # the run directory, when no folder was there before this run (see `expect`)
+    trained = False  # whether a training step ended
+
+    def expect(self, trainer: pl.Trainer) -> None:
+        """Note the run directory of the first logger (TensorBoard's or CSV's version folder), if it is not there yet.
+        Called before the trainer runs: it creates the folder as the run begins."""
+        log_dir = getattr(trainer.logger, "log_dir", None)
+        self.place = Path(log_dir) if trainer.is_global_zero and log_dir and not Path(log_dir).exists() else None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+        self.trained = True
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self.place is None or self.trained or not trainer.is_global_zero or not self.place.is_dir():
+            return
+        for logger in trainer.loggers:
+            logger.finalize("failed")  # the event file closed now, not written to after it is removed
+        if remove_unstarted(self.place):
+            if (lock := getattr(self, "lock", None)) is not None:
+                lock.close()
+            print(f"Removed {self.place}: the run failed before it trained or wrote results", file=sys.stderr)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if not self.already_saved and not trainer.fast_dev_run:
@@ -84,3 +114,22 @@ class RunDirectory(SaveConfigCallback):
         job, directory = slurm_job(), run_dir(trainer)
         if job and stage == "fit" and directory is not None:
             write_atomically(directory / SLURM_JOB_FILE, lambda file: file.write(f"{job}\n".encode()))
+
+
+def remove_unstarted(run: Path) -> bool:
+    """Remove the folder `run` if it holds nothing but files of `BEFORE_TRAINING` and empty folders (checkpoints/);
+    return whether it did. Anything else in it (a checkpoint, a user's file) keeps it whole."""
+    paths = sorted(run.rglob("*"), key=lambda path: len(path.parts), reverse=True)  # the deepest first
+    files = [path for path in paths if not path.is_dir() or path.is_symlink()]
+    if any(not any(path.match(pattern) for pattern in BEFORE_TRAINING) for path in files):
+        return False
+    try:
+        for path in files:
+            path.unlink()
+        for path in paths:
+            if path not in files:
+                path.rmdir()
+        run.rmdir()
+    except OSError:  # something written there meanwhile, or no right to remove: the run's own error matters more
+        return False
+    return True

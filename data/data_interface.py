@@ -23,7 +23,9 @@ from data._in_memory import (
     tensor_items,
     whole_batch,
 )
+from data._new_inputs import check_description, describe, new_inputs
 from data._sampling import EpochShuffle, SeededItems
+from data._torchvision_style import transform_arguments
 from data_contract import class_labels, classes_from_targets, data_dims
 from outputs_and_items import ItemPairs, item_keys
 from trust import check_plain, checked_load_arguments, shown
@@ -48,7 +50,8 @@ class DInterface(pl.LightningDataModule):
     to within one. Fold `fold` is the validation split, the other K - 1 train; `val_fraction` is then not used.
 
     Image data (items whose input is a C x H x W tensor) gets the transforms below; augmentation touches the
-    training split only.
+    training split only. A dataset whose constructor takes `transform` (torchvision's style) is given one that
+    turns what it opened (a PIL image, an array) into such a tensor, and the rest follows (`data/_torchvision_style`).
 
     Data that fits in memory (items that are an input tensor and a target, up to 2 GiB in all: the line, MNIST,
     CIFAR-10, any tensor dataset) is by default held as tensors, transformed once, and served a whole batch at a
@@ -62,7 +65,9 @@ class DInterface(pl.LightningDataModule):
     After `setup`, `example` is one item as the model sees it in evaluation, `dims` describes the data for the
     model (see `data_contract.data_dims`) and `classes` holds the class names of a classification dataset: its
     `classes` attribute, or "0" to "C-1" when its targets are integers, the class indices
-    (`data_contract.classes_from_targets`). Data a model cannot learn from is a DataError naming what is wrong: a
+    (`data_contract.classes_from_targets`). Checkpoints of `fit` record what prediction on new data needs (the class
+    names, the input's shape, the images' channels, size and normalisation), so that `predict_path` works from a
+    checkpoint alone (`data/_new_inputs`). Data a model cannot learn from is a DataError naming what is wrong: a
     single class, a training split of one class (seen when the labels are known: from a `targets` or `labels`
     attribute, a label per item, or from the items read for lack of a `classes` attribute), images that are not of
     one size once resized.
@@ -90,6 +95,9 @@ class DInterface(pl.LightningDataModule):
         horizontal_flip: Augment: flip training images left-right at random.
         input_key: For items that are dicts, the key of the input; null finds it by name (image, img, x, input...).
         target_key: For items that are dicts, the key of the target; null finds it by name (label, labels, target...).
+        predict_path: For `predict` with a checkpoint: a folder of images (searched recursively) or a file of feature
+            rows (.csv, .npy, .pt) to predict on, prepared as the training data was; null predicts the test split.
+        top_k: For `predict` with a classifier: how many of the most probable classes predictions.csv lists per item.
     """
 
     def __init__(
@@ -112,6 +120,8 @@ class DInterface(pl.LightningDataModule):
         horizontal_flip: bool = False,
         input_key: str | None = None,
         target_key: str | None = None,
+        predict_path: str | None = None,
+        top_k: int = 1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -149,6 +159,10 @@ class DInterface(pl.LightningDataModule):
             raise ConfigError(f"data.resize must be [height, width] or [size] with positive sizes, got {resize}")
         if random_crop_padding is not None and random_crop_padding < 0:
             raise ConfigError(f"data.random_crop_padding must be >= 0, got {random_crop_padding}")
+        if top_k < 1:
+            raise ConfigError(f"data.top_k must be >= 1, got {top_k}")
+        # A torchvision-style dataset gets the transform that makes tensors of its images (see _torchvision_style).
+        self._dataset_args = transform_arguments(self.dataset_class, dataset_args or {}, dataset)
         self.batch_size = batch_size  # an attribute, so that Lightning's batch-size finder can set it
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -163,6 +177,8 @@ class DInterface(pl.LightningDataModule):
         self._in_memory: dict[str, InMemorySplit] = {}
         self._sampler: EpochShuffle | None = None  # the training order
         self._resume: dict[str, int] | None = None  # the place in it a checkpoint recorded
+        self._trained_on: dict[str, Any] | None = None  # what prediction on new data needs (`_new_inputs.describe`)
+        self._new_inputs: Dataset | None = None  # what `predict_path` holds, read once
 
     @classmethod
     def load_from_checkpoint(
@@ -180,16 +196,22 @@ class DInterface(pl.LightningDataModule):
     def setup(self, stage: str) -> None:
         if self.train_set is not None:
             return
-        args = self.hparams.get("dataset_args") or {}  # absent when the dataset takes no arguments
+        if self.hparams.get("predict_path") is not None:
+            if stage != "predict":
+                raise ConfigError("data.predict_path is for the predict subcommand: remove it")
+            return  # the training data is not needed, and may be gone: see `predict_set`
+        what = f"dataset {self.hparams.dataset!r}"
+        args, transform = self._dataset_args
         generator = torch.Generator().manual_seed(self.hparams.split_seed)
         val = self.hparams.val_fraction
-        what = f"dataset {self.hparams.dataset!r}"
         if self.has_test_split:
-            pool = self._pairs(construct(self.dataset_class, what, "data.dataset_args", args, train=True))
-            self.test_set = self._pairs(construct(self.dataset_class, what, "data.dataset_args", args, train=False))
+            pool = self._pairs(construct(self.dataset_class, what, "data.dataset_args", args, train=True, **transform))
+            self.test_set = self._pairs(
+                construct(self.dataset_class, what, "data.dataset_args", args, train=False, **transform)
+            )
             self.train_set, self.val_set = random_split(pool, [1 - val, val], generator=generator)
         else:
-            pool = self._pairs(construct(self.dataset_class, what, "data.dataset_args", args))
+            pool = self._pairs(construct(self.dataset_class, what, "data.dataset_args", args, **transform))
             test = self.test_fraction
             self.train_set, self.val_set, self.test_set = random_split(
                 pool, [1 - val - test, val, test], generator=generator
@@ -230,6 +252,9 @@ class DInterface(pl.LightningDataModule):
             )
         self.example = (x, y)  # one item as the model sees it in evaluation
         self.dims = data_dims(self.example, self.classes)
+        normalize = self._image_steps[2] if self._image_steps is not None else []
+        mean, std = (normalize[0].mean, normalize[0].std) if normalize else (None, None)
+        self._trained_on = describe(x, self.classes, mean, std)
 
     def _pairs(self, dataset: Dataset) -> Dataset:
         """`dataset` with its items as (input, target) pairs (see `outputs_and_items`)."""
@@ -304,26 +329,35 @@ class DInterface(pl.LightningDataModule):
         return self._loader(self._served("train"), sampler=self._sampler, generator=generator)
 
     def state_dict(self) -> dict[str, Any]:
-        """Where training is in the epoch's order, for checkpoints: a run resumed from one mid-epoch goes on with
-        the items the interrupted run had not reached, in the same order."""
+        """For checkpoints: what prediction on new data needs to know of the training data (`trained_on`), and
+        where training is in the epoch's order, so that a run resumed mid-epoch goes on with the items the
+        interrupted run had not reached, in the same order."""
+        state: dict[str, Any] = {"trained_on": self._trained_on} if self._trained_on is not None else {}
         trainer = self.trainer
         if self._sampler is None or trainer is None or trainer.state.fn != "fit":
-            return {}
+            return state
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed  # batches whose step has run
-        return {"epoch": self._sampler.epoch, "items": done * self.batch_size}
+        return {**state, "epoch": self._sampler.epoch, "items": done * self.batch_size}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:
             return
-        position = {key: state_dict.get(key) for key in ("epoch", "items")}
-        if set(state_dict) != set(position) or not all(
-            type(value) is int and 0 <= value < 2**62 for value in position.values()
+        position = {key: state_dict[key] for key in ("epoch", "items") if key in state_dict}
+        if (
+            set(state_dict) - {"epoch", "items", "trained_on"}
+            or len(position) == 1
+            or not all(type(value) is int and 0 <= value < 2**62 for value in position.values())
         ):
             raise ConfigError(
                 f"the checkpoint's place in the training order ({shown(state_dict)}) is not an epoch and a number of "
-                "items; it was not written by this template: give another checkpoint"
+                "items (beside the record of the training data); it was not written by this template: give another "
+                "checkpoint"
             )
-        self._resume = position
+        if "trained_on" in state_dict:
+            record = check_description(state_dict["trained_on"], "the checkpoint")
+            self._trained_on = self._trained_on or record  # data set up here describes itself
+        if position:
+            self._resume = position
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._served("val"))
@@ -333,8 +367,24 @@ class DInterface(pl.LightningDataModule):
 
     @property
     def predict_set(self) -> Dataset | None:
-        """What `predict` runs on: the test split."""
-        return self.test_set
+        """What `predict` runs on: the images or rows of `predict_path` when set (read once, once the checkpoint is
+        loaded), else the test split."""
+        path = self.hparams.get("predict_path")
+        if path is None:
+            return self.test_set
+        if self._new_inputs is None:
+            if self._trained_on is None and not (self.trainer is not None and self.trainer.ckpt_path):
+                raise ConfigError(
+                    "data.predict_path needs --ckpt_path: the checkpoint records how the training data was prepared"
+                )
+            if self._trained_on is None:
+                raise ConfigError(
+                    "data.predict_path: the checkpoint does not record how its training data was prepared (it was "
+                    "written before this template recorded it); train again, or predict on its test split"
+                )
+            self._new_inputs = new_inputs(path, self._trained_on)
+            self.classes = self._trained_on["classes"]
+        return self._new_inputs
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.predict_set)

@@ -30,7 +30,7 @@ from utils import ConfigError, DataError, construct, find_class
 # A network argument naming pretrained weights to start from; checkpoints drop it, as they hold the trained weights.
 PRETRAINED_ARG = "weights_path"
 CLASSIFICATION_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss)
-STAGES = ("train", "val", "test")
+EVAL_STAGES = ("val", "test")
 
 
 def _torch_attr(namespace: Any, kind: str, name: str, examples: str) -> Any:
@@ -60,6 +60,39 @@ def _build_loss(name: str, args: dict[str, Any]) -> nn.Module:
     return loss_fn
 
 
+class _TrainTotals:
+    """The training loss summed over the items since it was last logged, and the epoch's correct predictions: tensors
+    on the training device, added to in place at each step. A plain object, not a module: setting a module's
+    attribute at every step costs more than the sums."""
+
+    def __init__(self) -> None:
+        self.loss: torch.Tensor | None = None
+        self.items = 0
+        self.correct: torch.Tensor | None = None
+        self.seen = 0
+
+    def add_loss(self, loss: torch.Tensor, items: int) -> None:
+        if self.loss is None:
+            self.loss = torch.zeros((), dtype=torch.promote_types(loss.dtype, torch.float32), device=loss.device)
+        self.loss.add_(loss, alpha=items)
+        self.items += items
+
+    def take_loss(self) -> torch.Tensor:
+        """The mean loss since the last call; starts the next window."""
+        mean = self.loss / self.items
+        self.loss.zero_()
+        self.items = 0
+        return mean
+
+    def add_predictions(self, out: torch.Tensor, y: torch.Tensor) -> None:
+        """Count the items whose class of highest score (`out`'s dimension 1) is the target class `y`."""
+        correct = (out.argmax(1) == y).sum()
+        if self.correct is None:
+            self.correct = torch.zeros((), dtype=correct.dtype, device=correct.device)
+        self.correct.add_(correct)
+        self.seen += y.numel()
+
+
 def _nonfinite(value: Any, device: torch.device) -> torch.Tensor:
     """Whether `value` is a tensor holding nan or inf values, as a boolean on `device`."""
     if isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex()):
@@ -73,10 +106,10 @@ class MInterface(pl.LightningModule):
     The network's size parameters (num_classes, in_channels, input_size...) come from the data when left unset;
     a value set by hand must agree with the data (see `data_contract`). The network's forward may return a tensor,
     a tuple, a dict or a dataclass-like object: the prediction is picked from it by the rule of `outputs_and_items`.
-    A classification loss (CrossEntropyLoss, NLLLoss) makes this a classifier: accuracy is logged per split with
-    torchmetrics, synced across devices (with top-5 accuracy above 5 classes for validation and test), and the best
-    validation accuracy so far. Left unset, the loss follows the data (`data_contract.loss_for`) and the checkpoint
-    records the one chosen.
+    A classification loss (CrossEntropyLoss, NLLLoss) makes this a classifier: accuracy is logged per split, over all
+    devices (validation and test with torchmetrics, and top-5 accuracy above 5 classes; training with counts kept
+    on the device, cheaper per step), and the best validation accuracy so far. Left unset, the loss follows the data
+    (`data_contract.loss_for`) and the checkpoint records the one chosen.
 
     Every argument is a plain value, so checkpoints load with weights-only unpickling and
     `MInterface.load_from_checkpoint(path)` needs nothing else.
@@ -159,7 +192,7 @@ class MInterface(pl.LightningModule):
         self.metrics: nn.ModuleDict | None = None
         self.warmup: LinearWarmup | None = None
         self.scheduler: Any = None
-        self._train_loss: tuple[torch.Tensor | float, int] = (0.0, 0)  # loss summed over the items since the last log
+        self._train = _TrainTotals()
         self._resumed: dict[str, Any] | None = None  # what a checkpoint to resume from carries besides weights
         self._eval_counts: dict[str, torch.Tensor] = {}  # per evaluation stage: counts of batches, see `_evaluate`
         if not unset_sizes(self.net_class, net_args or {}):
@@ -250,7 +283,7 @@ class MInterface(pl.LightningModule):
         loss = self.loss_fn(out, y)
         self._log_train_loss(loss.detach(), len(x), last=batch_idx + 1 == self.trainer.num_training_batches)
         if self.metrics is not None:
-            self.metrics["train_metrics"].update(out.detach(), y)
+            self._train.add_predictions(out.detach(), y)
         return loss
 
     def _targets(self, y: torch.Tensor) -> torch.Tensor:
@@ -261,12 +294,9 @@ class MInterface(pl.LightningModule):
         """Log `train/loss`, the mean over the items since it was last logged, on the steps the logger writes
         (`trainer.log_every_n_steps`, after the optimizer step) and at the epoch's `last` batch: `self.log` costs
         more than a small model's whole step, so it is not called at every one."""
-        total, count = self._train_loss
-        self._train_loss = (total + loss * batch_size, count + batch_size)
+        self._train.add_loss(loss, batch_size)
         if last or logger_writes_this_step(self.trainer) or self.trainer.fast_dev_run:
-            total, count = self._train_loss
-            self.log("train/loss", total / count, prog_bar=True, batch_size=batch_size)
-            self._train_loss = (0.0, 0)
+            self.log("train/loss", self._train.take_loss(), prog_bar=True, batch_size=batch_size)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._evaluate(batch, "val")
@@ -337,7 +367,7 @@ class MInterface(pl.LightningModule):
 
     def on_train_start(self) -> None:
         # Only this run counts: not a finder's trial steps (lr_find, scale_batch_size) before it.
-        self._train_loss = (0.0, 0)
+        self._train = _TrainTotals()
         if self.metrics is not None:
             for metric in self.metrics.values():
                 metric.reset()
@@ -348,7 +378,20 @@ class MInterface(pl.LightningModule):
             self._resumed = None
 
     def on_train_epoch_end(self) -> None:
-        self._log_metrics("train")
+        self._log_train_accuracy()
+
+    def _log_train_accuracy(self) -> None:
+        """Log `train/acc`, the epoch's accuracy over all devices, counted at each step without torchmetrics, whose
+        update costs more than a small model's forward pass. Validation and test keep torchmetrics."""
+        totals = self._train
+        if self.metrics is None or totals.correct is None:
+            return
+        counts = torch.stack([totals.correct, torch.as_tensor(totals.seen, device=totals.correct.device)])
+        correct, seen = self.trainer.strategy.reduce(counts, reduce_op="sum").tolist()
+        totals.correct.zero_()
+        totals.seen = 0
+        # The value is equal on every device already; sync_dist only tells Lightning so (it warns otherwise).
+        self.log("train/acc", correct / seen, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         self._check_finite("val")
@@ -471,9 +514,10 @@ def _classification_metrics(num_classes: int) -> nn.ModuleDict:
 
     def collection(stage: str) -> MetricCollection:
         metrics = {"acc": MulticlassAccuracy(num_classes, average="micro")}
-        if num_classes > 5 and stage != "train":  # top-k costs as much as a small model's step; not for every batch
+        if num_classes > 5:
             metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
         return MetricCollection(metrics, prefix=f"{stage}/")
 
-    # Keys are not the bare stage names: `train` would shadow nn.Module.train.
-    return nn.ModuleDict({**{f"{stage}_metrics": collection(stage) for stage in STAGES}, "val_acc_best": MaxMetric()})
+    # Keys are not the bare stage names. The training split's accuracy is counted by MInterface itself, per step.
+    metrics = {f"{stage}_metrics": collection(stage) for stage in EVAL_STAGES}
+    return nn.ModuleDict({**metrics, "val_acc_best": MaxMetric()})

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import ROOT, write_mnist
 
 
@@ -43,3 +44,40 @@ def test_benchmark_skips_mnist_when_the_data_is_absent(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"skipping the MNIST workloads: no MNIST/raw under {tmp_path / 'nowhere'}" in proc.stdout
+
+
+def test_the_image_folder_script_writes_what_json_images_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MNIST digits become 32 x 32 colour JPEG files with their labels, in the layout data/json_images.py reads."""
+    from torchvision.datasets import MNIST
+
+    from bench import make_image_folder
+    from data.json_images import JsonImages
+
+    data = write_mnist(tmp_path / "data", n_train=30, n_test=12)
+    out = tmp_path / "images"
+    monkeypatch.setattr(sys, "argv", ["make_image_folder.py", str(out), "--data-root", str(data), "--train", "20"])
+    make_image_folder.main()
+    train, test = JsonImages(str(out), train=True), JsonImages(str(out), train=False)
+    assert (len(train), len(test)) == (20, 12) and train.classes == [str(d) for d in range(10)]
+    assert train.labels == MNIST(str(data), train=True).targets[:20].tolist()
+    image, _ = train[0]
+    assert image.shape == (3, 32, 32) and not torch.equal(image[0], image[1])  # coloured, not grey
+
+
+def test_the_image_folder_script_writes_nothing_without_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import make_image_folder
+
+    monkeypatch.setattr(sys, "argv", ["make_image_folder.py", str(tmp_path / "images"), "--data-root", str(tmp_path)])
+    make_image_folder.main()
+    assert not (tmp_path / "images").exists()
+
+
+def test_a_new_report_keeps_the_notes_written_by_hand(tmp_path: Path) -> None:
+    from bench.run import NOTES_MARK, write_report
+
+    (tmp_path / "RESULTS.md").write_text(f"old table\n\n{NOTES_MARK}\nA/B of a change: 0.95\n")
+    measured = {"summaries": {}, "startup": {"help": [], "import": []}, "profile": "", "command": "python bench/run.py"}
+    write_report({**measured, "repeats": 1, "seconds": 60, "machine": ["- CPU: test"]}, tmp_path)
+    report = (tmp_path / "RESULTS.md").read_text()
+    assert "old table" not in report and "- CPU: test" in report
+    assert report.endswith(f"{NOTES_MARK}\nA/B of a change: 0.95\n")

@@ -245,3 +245,74 @@ def test_a_checkpoint_alone_brings_its_data_and_options_given_still_win(tmp_path
     assert config["data"]["dataset"] == "synthetic" and config["data"]["dataset_args"]["num_samples"] == 200
     assert config["data"]["batch_size"] == 8  # given on the command line: it wins over the checkpoint's 64
     assert test.results["checkpoint"] == ckpt and "test/acc" in test.results["test"]
+
+
+def test_last_and_best_of_a_model_bring_its_data_and_options_given_still_win(tmp_path: Path) -> None:
+    # Data unlike configs/mlp.yaml's (200 items of 20 features), which `--model mlp` loads too: the checkpoint's wins.
+    data = ("--data.dataset_args.num_samples=120", "--data.dataset_args.num_features=8")
+    quiet = ("--trainer.enable_progress_bar=false",)
+    trained = run_main("--model", "mlp", *data, "--trainer.max_epochs=2", *quiet, cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    best = trained.results["best_checkpoint"]
+    last = str(trained.run_dir.relative_to(tmp_path) / "checkpoints" / "last.ckpt")
+    own_config = str(trained.run_dir / "config.yaml")
+    for args, checkpoint in (
+        (("test", "--ckpt_path", "best", "--model", "mlp", "--data.batch_size=8"), best),
+        (("validate", "--ckpt_path", "last", "--model", "mlp"), last),
+        (("predict", "--ckpt_path", "best", "--model", "mlp"), best),
+        (("test", "--config", own_config, "--ckpt_path", "last"), last),
+    ):
+        run = run_main(*args, *quiet, cwd=tmp_path)
+        assert run.returncode == 0, (args, run.stderr[-3000:])
+        config = yaml.safe_load((run.run_dir / "config.yaml").read_text())
+        assert config["data"]["dataset_args"]["num_features"] == 8, args
+        assert config["data"]["dataset_args"]["num_samples"] == 120, args
+        assert config["data"]["batch_size"] == (8 if "--data.batch_size=8" in args else 64), args
+        assert run.results["checkpoint"] == checkpoint, args
+        if args[0] == "predict":
+            assert len(list(csv.DictReader((run.run_dir / "predictions.csv").open()))) > 0
+        else:
+            part, metric = ("validation", "val/acc") if args[0] == "validate" else ("test", "test/acc")
+            assert metric in run.results[part], args
+    # The evaluations made runs of their own, but no checkpoints: `best` still means the trained run's.
+    again = run_main("test", "--ckpt_path", "best", "--model", "mlp", *quiet, cwd=tmp_path)
+    assert again.returncode == 0 and again.results["checkpoint"] == best, again.stderr[-3000:]
+
+
+def test_help_says_each_subcommand_whole_and_puts_the_models_own_options_first(tmp_path: Path) -> None:
+    text = run_main("--help", cwd=tmp_path).stdout
+    listing = text.split("Available subcommands:")[1].split("\n\n")[0]
+    described: dict[str, str] = {}
+    for line in listing.splitlines():  # "    fit                 Train the model..." then indented continuations
+        if line.startswith("    ") and not line.startswith("     "):
+            current, _, sentence = line.strip().partition(" ")
+            described[current] = sentence.strip()
+        elif described and line.strip():
+            described[current] += f" {line.strip()}"
+    assert list(described) == ["fit", "validate", "test", "predict", "lr_find", "scale_batch_size"]
+    for name, sentence in described.items():
+        assert sentence.endswith((".", ".)")), f"{name}'s description is cut: {sentence!r}"
+    fit_help = run_main("fit", "--model", "mlp", "--help", cwd=tmp_path).stdout.splitlines()
+    first = {line.split()[0]: number for number, line in reversed(list(enumerate(fit_help))) if line.strip()}
+    # The network's own options come before the interface's and the trainer's, its docstring line as their title.
+    assert first["--model.net_args.hidden_sizes"] < first["--model.lr"] < first["--trainer.max_epochs"]
+    assert first["--model.net_args.hidden_sizes"] < 60
+    assert "Fully connected network" in fit_help[first["--model.net_args"] - 1]
+    assert fit_help[0] == "usage: main.py [options] fit [options]"
+
+
+def test_mlflow_without_a_tracking_uri_keeps_its_runs_in_the_runs_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    run = run_main("--model", "linear", *SHORT, "--trainer.logger", "MLFlowLogger", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "MLflow keeps its runs in sqlite:///runs/mlflow.db" in run.stdout and "Traceback" not in run.stderr
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/runs/mlflow.db")
+    (found,) = client.search_runs([client.get_experiment_by_name("lightning_logs").experiment_id])
+    assert found.data.metrics["hp/test/loss"] == pytest.approx(run.results["test"]["test/loss"])
+    assert yaml.safe_load((run.run_dir / "config.yaml").read_text())["trainer"]["logger"]["init_args"][
+        "tracking_uri"
+    ] == "sqlite:///runs/mlflow.db"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["runs"]  # no mlruns/ beside it

@@ -1,5 +1,6 @@
 """Models and datasets written as tutorials and other projects write them, added to the template unchanged: a net that
-returns log-probabilities, a tuple or a dict; datasets whose items are dicts, without a `classes` attribute.
+returns log-probabilities, a tuple or a dict; datasets whose items are dicts, without a `classes` attribute; a
+torchvision-style dataset that opens its images with PIL and applies the `transform` it is given.
 
 The classes below are the user's code. The end-to-end tests copy their source into a copy of the project, each as a
 file of its own in model/ or data/, and run main.py on them as a user would."""
@@ -9,16 +10,23 @@ from __future__ import annotations
 import csv
 import dataclasses
 import inspect
+import json
+import os
 from collections import OrderedDict, namedtuple
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import run_main, write_mnist
+from conftest import patterned_images, run_main, write_mnist
+from PIL import Image
 from torch.utils.data import Dataset
 
+import data.data_interface as data_interface
+from data._torchvision_style import to_tensor
+from data.data_interface import DInterface
 from data_contract import check_task, classes_from_targets, log_probabilities, loss_for
 from outputs_and_items import ItemPairs, item_keys, prediction
 from utils import ConfigError, DataError
@@ -153,9 +161,52 @@ class StripesOddKeys(Dataset):
         return {"pixels": self.images[idx], "category": self.labels_list[idx]}
 
 
+class TutorialImages(Dataset):
+    """Images listed in a JSON file and opened with PIL, as the tutorials write it: `transform` and `target_transform`
+    arguments, no `classes`, no `targets`."""
+
+    def __init__(self, root, train=True, transform=None, target_transform=None):
+        split = "train" if train else "test"
+        with open(os.path.join(root, f"{split}.json")) as f:
+            self.annotations = json.load(f)
+        self.root = root
+        self.transform = transform
+        self.target_transform = target_transform
+
+    def __len__(self):
+        return len(self.annotations)
+
+    def __getitem__(self, idx):
+        entry = self.annotations[idx]
+        img = Image.open(os.path.join(self.root, entry["file"])).convert("L")
+        label = entry["label"]
+        if self.transform:
+            img = self.transform(img)
+        if self.target_transform:
+            label = self.target_transform(label)
+        return img, label
+
+
 HEADER = (
-    "import torch\nimport torch.nn as nn\nimport torch.nn.functional as F\nfrom torch.utils.data import Dataset\n\n"
+    "import json\nimport os\n\nimport torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n"
+    "from PIL import Image\nfrom torch.utils.data import Dataset\n\n"
 )
+
+
+def write_tutorial_images(root: Path, n_train: int = 60, n_test: int = 15, size: int = 16) -> list[list[int]]:
+    """`root/{train,test}.json` ({"file", "label"} per image) and the grey PNGs they list, of three learnable
+    patterns (see conftest.patterned_images). Returns each split's labels."""
+    labels = []
+    for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
+        (root / split).mkdir(parents=True)
+        images, split_labels = patterned_images(n, size=size, seed=seed)
+        entries = []
+        for i, (image, label) in enumerate(zip(images, split_labels.tolist(), strict=True)):
+            Image.fromarray(image[0].numpy()).save(root / split / f"{i:03d}.png")
+            entries.append({"file": f"{split}/{i:03d}.png", "label": label})
+        (root / f"{split}.json").write_text(json.dumps(entries))
+        labels.append(split_labels.tolist())
+    return labels
 
 
 def add_file(project: Path, folder: str, name: str, *code: object) -> None:
@@ -258,6 +309,67 @@ def test_the_loss_follows_the_data_and_the_network(capsys: pytest.CaptureFixture
         check_task(True, "CrossEntropyLoss", {"output_size": 1}, "d")
 
 
+def plain_images(dataset: TutorialImages, indices: list[int]) -> torch.Tensor:
+    """The images at `indices` as the data module serves them for evaluation: to [0, 1], normalised with 0.5."""
+    pixels = [torch.from_numpy(np.array(dataset[i][0])) for i in indices]
+    return (torch.stack(pixels).unsqueeze(1).float() / 255 - 0.5) / 0.5
+
+
+def test_a_torchvision_style_dataset_gets_the_data_modules_transforms_in_memory_or_item_by_item(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dataset opens PIL images and applies the `transform` it is given: held in memory or served item by item, the
+    batches are the same; the training split, carved from the same dataset object as validation, alone is
+    augmented."""
+    write_tutorial_images(tmp_path, n_train=40, n_test=9)
+    monkeypatch.setattr(data_interface, "find_class", lambda *args: TutorialImages)
+    augment = {"random_crop_padding": 2, "horizontal_flip": True}
+    served, sets = {}, {}
+    for mode, workers in (("cpu", 0), ("off", 1)):  # item by item in a loader worker, whose draws are seeded too
+        data = DInterface(
+            "tutorial", {"root": str(tmp_path)}, batch_size=8, in_memory=mode, num_workers=workers, **augment
+        )
+        data.setup("fit")
+        served[mode] = []
+        for split in ("train", "val", "test"):
+            torch.manual_seed(7)  # the training order's seed
+            served[mode].append([(x.clone(), y.clone()) for x, y in getattr(data, f"{split}_dataloader")()])
+        sets[mode] = data
+    assert isinstance(sets["cpu"].train_dataloader().dataset, data_interface.InMemorySplit)
+    for fast, slow in zip(served["cpu"], served["off"], strict=True):
+        assert len(fast) == len(slow) > 0
+        for (x, y), (x_ref, y_ref) in zip(fast, slow, strict=True):
+            assert x.shape[1:] == (1, 16, 16) and torch.equal(x, x_ref) and torch.equal(y, y_ref)
+    data = sets["off"]
+    untouched = TutorialImages(str(tmp_path))
+    val_indices = data.val_set.dataset.indices
+    val_images = torch.cat([x for x, _ in served["off"][1]])
+    assert torch.allclose(val_images, plain_images(untouched, val_indices), atol=1e-6)  # validation is not augmented
+    train_images = torch.cat([x for x, _ in served["off"][0]])
+    plain = plain_images(untouched, data.train_set.dataset.indices)
+    unchanged = [any(torch.allclose(image, p, atol=1e-6) for p in plain) for image in train_images]
+    assert len(unchanged) == 32 and not all(unchanged)  # training is
+
+
+def test_the_transform_given_makes_float_tensors_of_pil_images_arrays_and_tensors() -> None:
+    grey = np.arange(20, dtype=np.uint8).reshape(4, 5) * 12
+    colour = np.stack([grey, 255 - grey, grey // 2], axis=-1)  # H x W x C, as a NumPy image
+    expected = torch.from_numpy(grey).float()[None] / 255
+    for image, shape in ((grey, (1, 4, 5)), (colour, (3, 4, 5)), (Image.fromarray(grey), (1, 4, 5)),
+                         (Image.fromarray(colour), (3, 4, 5)), (torch.from_numpy(grey)[None], (1, 4, 5))):  # fmt: skip
+        tensor = to_tensor()(image)
+        assert type(tensor) is torch.Tensor and tensor.dtype == torch.float32 and tensor.shape == shape
+        assert torch.allclose(tensor[:1], expected)
+
+
+def test_a_transform_given_as_text_is_refused_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data_interface, "find_class", lambda *args: TutorialImages)
+    for key in ("transform", "target_transform"):
+        message = f"^data.dataset_args.{key} 'ToTensor': the data module gives dataset 't' its {key}"
+        with pytest.raises(ConfigError, match=message):
+            DInterface("t", {"root": str(tmp_path), key: "ToTensor"})
+
+
 # --- end to end --------------------------------------------------------------------------------------------------
 
 QUICK = ("--trainer.max_epochs=2", "--data.num_workers=0")
@@ -327,6 +439,28 @@ def test_integer_labels_alone_are_classes_after_one_pass(project_copy: Path, tmp
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Dataset 'stripes_plain' has no `classes`: 3 classes (labels 0 to 2) read from its 120 items" in run.stdout
     assert run.results["test"]["test/acc"] > 0.9
+
+
+@pytest.mark.slow
+def test_a_torchvision_style_dataset_trains_unchanged(project_copy: Path, tmp_path: Path) -> None:
+    add_file(project_copy, "data", "tutorial_images", TutorialImages)
+    write_tutorial_images(tmp_path / "data")
+    run = run_main(
+        "--model", "cnn", "--data", "tutorial_images", "--data.root", str(tmp_path / "data"), "--data.batch_size=8",
+        "--data.horizontal_flip=true", "--data.num_workers=0", cwd=tmp_path, root=project_copy,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Dataset 'tutorial_images' has no `classes`: 3 classes (labels 0 to 2) read from its 60 items" in run.stdout
+    assert run.results["test"]["test/acc"] > 0.9  # chance is 1/3
+    text = run_main(
+        "--model", "cnn", "--data", "tutorial_images", "--data.root", str(tmp_path / "data"),
+        "--data.dataset_args.transform", "torchvision.transforms.ToTensor", cwd=tmp_path, root=project_copy,
+    )  # fmt: skip
+    assert text.returncode == 2
+    assert text.stderr.strip().splitlines()[-1].startswith(
+        "error: data.dataset_args.transform 'torchvision.transforms.ToTensor': the data module gives dataset "
+        "'tutorial_images' its transform"
+    )
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from callbacks import ProgressBar
 from data._in_memory import InMemorySplit
 from data.data_interface import DInterface
 from model.model_interface import MInterface
-from utils import ConfigError
+from utils import ConfigError, DataError
 
 
 def batches(data: DInterface, split: str, epoch: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -231,3 +231,62 @@ def test_a_progress_bar_of_ones_own_replaces_the_templates(tmp_path: Path) -> No
         "--model", "linear", "--trainer.max_epochs", "3", bar, "--trainer.callbacks.refresh_rate", "1", cwd=tmp_path
     )
     assert run.returncode == 0, run.stderr[-3000:]
+
+
+class BatchAccuracy(pl.Callback):
+    """Counts the correct predictions of the network each training batch meets, before its step changes it."""
+
+    def __init__(self) -> None:
+        self.correct = self.seen = 0
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        x, y = batch
+        with torch.no_grad():
+            self.correct += int((pl_module(x).argmax(1) == y).sum())
+        self.seen += len(y)
+
+
+def test_train_accuracy_counts_every_batch_of_the_epoch(tmp_path: Path) -> None:
+    """train/acc, counted on the device at each step (not with torchmetrics), is the epoch's share of correct
+    predictions, each made by the network as the batch met it."""
+    counted = BatchAccuracy()
+    data = DInterface(dataset="synthetic", dataset_args={"num_samples": 300}, val_fraction=0.1, batch_size=32)
+    trainer = pl.Trainer(
+        max_epochs=1, logger=False, callbacks=[counted], enable_checkpointing=False, enable_progress_bar=False
+    )
+    trainer.fit(MInterface(net="mlp", loss="CrossEntropyLoss", optimizer="SGD", lr=0.5), data)
+    assert counted.seen == len(data.train_set) and 0 < counted.correct < counted.seen
+    assert float(trainer.callback_metrics["train/acc"]) == pytest.approx(counted.correct / counted.seen, abs=1e-6)
+
+
+class Numbered(torch.utils.data.Dataset):
+    """Item i: a 2 x 3 input filled with i and the target i % 5; item `bad` fails to load, with a DataError."""
+
+    def __init__(self, size: int, bad: int | None = None) -> None:
+        self.size, self.bad = size, bad
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if index == self.bad:
+            raise DataError(f"cannot decode image {index}.png")
+        return torch.full((2, 3), float(index)), index % 5
+
+
+def test_items_read_by_worker_processes_stack_as_those_read_in_one() -> None:
+    serial = in_memory.stack_items(Numbered(45), chunk=8, workers=0)
+    parallel = in_memory.stack_items(Numbered(45), per_chunk=lambda x: x, chunk=8, workers=2)
+    assert torch.equal(serial[0], parallel[0]) and torch.equal(serial[1], parallel[1])
+    assert torch.equal(serial[0][:, 0, 0], torch.arange(45.0)) and serial[1].tolist() == [i % 5 for i in range(45)]
+
+
+def test_an_item_that_fails_in_a_worker_process_raises_its_own_error() -> None:
+    """Not DataLoader's wrapped traceback: the dataset's error, with its one-line message."""
+    with pytest.raises(DataError, match=r"^cannot decode image 30\.png$"):
+        in_memory.stack_items(Numbered(45, bad=30), chunk=8, workers=2)
+
+
+def test_worker_processes_read_only_when_reading_is_slow() -> None:
+    assert in_memory._workers_for(chunks_left=40, seconds_per_chunk=0.001, workers=None) == 0  # 0.04 s in all
+    assert in_memory._workers_for(chunks_left=3, seconds_per_chunk=1.0, workers=8) == 3  # one per chunk at most

@@ -438,3 +438,86 @@ def test_exporting_torchscript_onto_a_full_disk_is_one_line_not_an_abort(trained
     assert run.returncode == 2, run.stderr[-3000:]
     assert error_lines(run) == [f"error: cannot write {Path('out') / 'model.torchscript.pt'}: {TOO_LARGE}"]
     assert not list((tmp_path / "out").iterdir())
+
+
+# A net that fails as the environment variable BREAK says: `error` in every forward, `interrupt` (a Ctrl+C) in the
+# sanity check's, `later` in the third training step's. Unset, it is a plain linear layer.
+FAILING_NET = '''"""A linear layer that fails on demand."""
+
+import os
+
+import torch
+from torch import nn
+
+
+class Failing(nn.Module):
+    def __init__(self, in_features: int = 1, out_features: int = 1) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features)
+        self.steps = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        failure = os.environ.get("BREAK")
+        self.steps += self.training
+        if failure == "error" or (failure == "later" and self.steps == 3):
+            raise RuntimeError("the net broke")
+        if failure == "interrupt" and not self.training:
+            raise KeyboardInterrupt
+        return self.linear(x)
+'''
+FAILING = ("--model", "failing", "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false")
+
+
+@pytest.fixture
+def failing_net(project_copy: Path) -> Path:
+    (project_copy / "model" / "failing.py").write_text(FAILING_NET)
+    return project_copy
+
+
+@pytest.mark.slow
+def test_a_run_that_fails_before_training_leaves_no_run_directory_and_no_used_version(
+    failing_net: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = tmp_path / "runs" / "failing"
+    for failure, option, status, said in (
+        ("error", (), 2, "error: model 'failing' cannot take the data's inputs of shape [1]: the net broke"),
+        ("interrupt", (), 1, "Detected KeyboardInterrupt"),
+        ("", ("--data.dataset_args.step=-1",), 2, "error: dataset 'line' refused --data.dataset_args.step -1"),
+    ):
+        monkeypatch.setenv("BREAK", failure)
+        run = run_main(*FAILING, *option, cwd=tmp_path, root=failing_net)
+        assert run.returncode == status and said in run.stdout + run.stderr, run.stderr[-3000:]
+        assert not list(runs.glob("version_*")), failure
+    monkeypatch.delenv("BREAK")
+    run = run_main(*FAILING, cwd=tmp_path, root=failing_net)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.run_dir == runs / "version_0"  # no number used up by the failed runs
+
+
+@pytest.mark.slow
+def test_a_failed_run_keeps_what_training_or_anyone_else_wrote(
+    failing_net: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = tmp_path / "runs" / "failing"
+    monkeypatch.setenv("BREAK", "later")  # after two training steps: its logged losses are worth keeping
+    run = run_main(*FAILING, "--data.batch_size=8", cwd=tmp_path, root=failing_net)
+    assert run.returncode == 1 and "the net broke" in run.stderr
+    assert (runs / "version_0" / "config.yaml").is_file() and "Removed" not in run.stderr
+    # A folder that was there before the run, with a user's notes in it: the run fails, and it stays as it was.
+    notes = runs / "version_1" / "notes.txt"
+    notes.parent.mkdir()
+    notes.write_text("mine")
+    monkeypatch.setenv("BREAK", "error")
+    run = run_main(*FAILING, "--trainer.logger.init_args.version=1", cwd=tmp_path, root=failing_net)
+    assert run.returncode == 2 and "the net broke" in run.stderr
+    assert notes.read_text() == "mine" and (runs / "version_1" / "config.yaml").is_file()
+    # A run resumed into its directory that fails before its first step keeps it, checkpoints and all.
+    monkeypatch.delenv("BREAK")
+    trained = run_main(*FAILING, cwd=tmp_path, root=failing_net)
+    assert trained.returncode == 0 and trained.run_dir == runs / "version_2", trained.stderr[-3000:]
+    before = {path.name for path in (runs / "version_2").rglob("*")}
+    assert "last.ckpt" in before
+    monkeypatch.setenv("BREAK", "error")
+    resumed = run_main(*FAILING[:2], "--trainer.max_epochs=2", "--ckpt_path", "last", cwd=tmp_path, root=failing_net)
+    assert resumed.returncode == 2 and "the net broke" in resumed.stderr and "Resuming version_2" in resumed.stdout
+    assert set(before) <= {path.name for path in (runs / "version_2").rglob("*")}  # a new event file besides

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import ROOT, Run
@@ -198,3 +201,28 @@ def test_the_finders_take_the_tuners_defaults() -> None:
         tuners = inspect.signature(getattr(Tuner, name)).parameters
         for option in set(ours) - {"self", "model", "datamodule", "train"}:
             assert ours[option].default == tuners[option].default, f"{name} --{option}"
+
+
+def test_last_of_a_model_brings_its_data_between_the_models_config_and_the_options_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    checkpoints = tmp_path / "runs" / "mlp" / "version_3" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    held = {"dataset": "json_images", "batch_size": 7}
+    torch.save(
+        {"hyper_parameters": {"net": "mlp"}, "datamodule_hyper_parameters": held, "state_dict": {}},
+        checkpoints / "last.ckpt",
+    )
+    command_line = read_command_line(["test", "--model", "mlp", "--ckpt_path", "last", "--data.batch_size=8"])
+    config = str(ROOT / "configs" / "mlp.yaml")  # names the synthetic data, which the checkpoint's replaces
+    assert command_line.argv == [
+        "test", "--config", config, "--data", json.dumps(held, sort_keys=True), "--model.net", "mlp",
+        "--ckpt_path", "last", "--data.batch_size=8",
+    ]  # fmt: skip
+    assert (command_line.model, command_line.data) == ("mlp", "json_images")
+    assert command_line.checkpoint == str(Path("runs/mlp/version_3/checkpoints/last.ckpt"))
+    again = read_command_line(command_line.argv)  # DDP's re-launch with the rewritten command line
+    assert (again.argv, again.data) == (command_line.argv, "json_images")
+    # `fit --ckpt_path last` resumes the run, data and all, through LightningCLI: nothing inserted here.
+    assert "--data" not in read_command_line(["fit", "--model", "mlp", "--ckpt_path", "last"]).argv
