@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from callbacks.results import RESULTS_FILE
+from child_runs import Stopped, wait_for
 from command_line import read_command_line
 from files import write_atomically
 from results_table import EXPERIMENT_FILE, aggregate, finished, read_json
@@ -35,14 +36,6 @@ from utils import ConfigError
 MAIN = Path(__file__).resolve().parent / "main.py"
 # Exit statuses of a loop stopped by Ctrl+C or SIGTERM, as a shell reports a process that the signal killed.
 STOPPED_STATUS = {signal.SIGINT: 128 + signal.SIGINT, signal.SIGTERM: 128 + signal.SIGTERM}
-
-
-class Stopped(Exception):
-    """Ctrl+C or SIGTERM stopped the loop over the runs."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 def main(argv: Sequence[str]) -> int:
@@ -144,7 +137,7 @@ def run_experiment(kind: str, options: argparse.Namespace, fit_args: list[str], 
         command = ["fit", *fit_args, *extra, *where, *(["--ckpt_path", str(resume)] if resume else [])]
         print(f"{kind} {run} ({number}/{len(runs)}): python main.py {shlex.join(command)}", flush=True)
         try:
-            status = _run([sys.executable, str(MAIN), *command])
+            status = wait_for(subprocess.Popen([sys.executable, str(MAIN), *command]))
         except Stopped as stop:
             print(
                 f"error: {kind} stopped by {stop} during {run} (in {directory}); the same command goes on from there",
@@ -206,26 +199,3 @@ def _set_aside(folder: Path) -> Path:
         number += 1
         target = folder.with_name(f"{folder.name}.stopped-{number}")
     return folder.rename(target)
-
-
-def _run(command: list[str]) -> int:
-    """Run `command` and return its exit status. A SIGTERM to this process is passed on to it; Ctrl+C reaches it from
-    the terminal. Either, once it has ended, raises Stopped."""
-    process = subprocess.Popen(command)
-    received: list[int] = []
-
-    def terminate(signum: int, frame: Any) -> None:
-        received.append(signum)
-        process.send_signal(signum)
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        status = process.wait()
-    except KeyboardInterrupt:
-        process.wait()  # the run, which got the Ctrl+C too, saves its last.ckpt and ends
-        raise Stopped(signal.SIGINT) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    if received:
-        raise Stopped(received[0])
-    return status

@@ -95,14 +95,15 @@ def remove_stale_temporaries(folder: Path, pattern: str) -> list[Path]:
     removed = []
     for temporary in folder.glob(f"{pattern}.tmp-*") if os.name != "nt" else ():
         pid = temporary.name.rpartition(".tmp-")[2]
-        if pid.isdigit() and not _running(int(pid)):
+        if pid.isdigit() and not process_running(int(pid)):
             with contextlib.suppress(FileNotFoundError):  # another process removed it first
                 temporary.unlink()
                 removed.append(temporary)
     return removed
 
 
-def _running(pid: int) -> bool:
+def process_running(pid: int) -> bool:
+    """Whether a process of this machine has the id `pid` (one of another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

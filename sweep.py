@@ -35,6 +35,7 @@ import yaml
 from optuna.trial import TrialState
 
 from callbacks.results import RESULTS_FILE
+from child_runs import Stopped, wait_for
 from files import make_dir, write_atomically
 from runs import RUNS_DIR
 from sweep_report import report
@@ -64,14 +65,6 @@ TRIAL_FILE, OUTPUT_FILE, STORAGE_FILE = "trial.yaml", "output.log", "study.journ
 # Exit statuses of a sweep stopped by Ctrl+C or SIGTERM, as a shell reports a process that the signal killed.
 STOPPED_STATUS = {signal.SIGINT: 128 + signal.SIGINT, signal.SIGTERM: 128 + signal.SIGTERM}
 PR_SET_PDEATHSIG = 1  # Linux's prctl option: a signal the process gets when the process that started it ends
-
-
-class Stopped(Exception):
-    """Ctrl+C or SIGTERM stopped the sweep."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 class _Parser(argparse.ArgumentParser):
@@ -289,7 +282,7 @@ def _run_trial(
             preexec_fn=_end_with_parent if sys.platform.startswith("linux") else None,
         )
         try:
-            status = _wait(process, beat)
+            status = wait_for(process, beat, HEARTBEAT_S)
         except Stopped as stop:
             trial.set_user_attr(REASON, f"stopped by {stop}")
             study.tell(trial, state=TrialState.FAIL)
@@ -353,37 +346,6 @@ def _failure(output: Path, status: int) -> str:
     if status < 0:
         return f"killed by {signal.Signals(-status).name}" + (" (out of memory?)" if -status == signal.SIGKILL else "")
     return f"exit status {status}: {lines[-1][:500] if lines else 'no output'}"
-
-
-def _wait(process: subprocess.Popen, beat: Callable[[], None] | None) -> int:
-    """Wait for `process` and return its exit status, calling `beat` (the trial's heartbeat) now and then. A SIGTERM
-    to the sweep is passed on to it, Ctrl+C reaches it from the terminal (and is passed on as a SIGTERM otherwise);
-    either, once it has ended, raises Stopped."""
-    received: list[int] = []
-
-    def forward(signum: int, frame: Any) -> None:
-        received.append(signum)
-        process.send_signal(signum)
-
-    previous = signal.signal(signal.SIGTERM, forward)
-    try:
-        status = None
-        while status is None:
-            if beat is not None:
-                beat()
-            try:
-                status = process.wait(timeout=HEARTBEAT_S)
-            except subprocess.TimeoutExpired:
-                continue
-    except KeyboardInterrupt:
-        process.terminate()
-        process.wait()
-        raise Stopped(signal.SIGINT) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    if received:
-        raise Stopped(received[0])
-    return status
 
 
 def _end_with_parent() -> None:

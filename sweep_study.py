@@ -17,7 +17,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from files import make_dir
+from files import make_dir, process_running
 from utils import ConfigError, did_you_mean
 
 # How the sweep tells a trial's process which trial it runs: a JSON object in this environment variable (storage,
@@ -129,7 +129,7 @@ def fail_orphaned(study: optuna.Study) -> list[int]:
         owner = trial.user_attrs.get(WORKER) or {}
         pid = owner.get("pid")
         # This process's own number is a former process's that the system gave again (a restarted container).
-        if owner.get("host") == here and isinstance(pid, int) and (pid == os.getpid() or not _running(pid)):
+        if owner.get("host") == here and isinstance(pid, int) and (pid == os.getpid() or not process_running(pid)):
             study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)  # another worker may be first
             failed.append(trial.number)
     still = {trial.number for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
@@ -142,13 +142,3 @@ def heartbeat(storage: BaseStorage, study: optuna.Study, number: int) -> Callabl
         return None
     trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
     return lambda: storage.record_heartbeat(trial_id)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True

@@ -30,7 +30,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.run import timed  # noqa: E402
+from bench.run import template_common, timed  # noqa: E402
 
 BATCH_SIZE, LR, WEIGHT_DECAY = 128, 0.002, 0.05  # as configs/json_images.yaml
 
@@ -47,13 +47,7 @@ def template_command(folder: Path, in_memory: str, epochs: int, out: Path) -> li
         in_memory,
         "--trainer.max_epochs",
         str(epochs),
-        "--trainer.default_root_dir",
-        str(out),
-        "--trainer.logger.init_args.save_dir",
-        str(out),
-        "--trainer.callbacks+=bench.timing.BenchTiming",
-        "--trainer.callbacks.report",
-        str(out / "report.json"),
+        *template_common(out, str(out / "report.json")),
     ]
 
 

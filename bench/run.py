@@ -83,7 +83,7 @@ def command(impl: str, workload: str, epochs: int, args: argparse.Namespace, out
                 *WORKLOADS["line"].template_args,
                 "--trainer.max_epochs",
                 str(epochs),
-                *_template_common(out, report),
+                *template_common(out, report),
             ]
         return [sys.executable, "bench/raw_line.py", "--out_dir", str(out), "--report", report, "--epochs", str(epochs)]
     if impl == "template":
@@ -104,7 +104,7 @@ def command(impl: str, workload: str, epochs: int, args: argparse.Namespace, out
             "--trainer.max_epochs",
             str(epochs),
             *[v for kv in options.items() for v in kv],
-            *_template_common(out, report),
+            *template_common(out, report),
         ]
     script = {"raw-naive": "bench/raw_naive.py", "raw-tensor": "bench/raw_tensor.py"}[impl]
     return [
@@ -121,7 +121,8 @@ def command(impl: str, workload: str, epochs: int, args: argparse.Namespace, out
     ]
 
 
-def _template_common(out: Path, report: str) -> list[str]:
+def template_common(out: Path, report: str) -> list[str]:
+    """The options that send a template run's files to `out` and its timings to the JSON file `report`."""
     return [
         "--trainer.default_root_dir",
         str(out),

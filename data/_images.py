@@ -1,4 +1,5 @@
-"""Helpers of the image datasets: checking the data root, and decoding one image file with an error naming it."""
+"""Helpers of the image datasets: checking the data root, finding the image files of a folder, and decoding one
+image file with an error naming it."""
 
 from __future__ import annotations
 
@@ -20,6 +21,31 @@ def data_root(root: str, dataset: str, holds: str) -> Path:
             f"{dataset}: data root {path.resolve()} does not exist: set --data.root to the folder holding {holds}"
         )
     return path
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".webp")  # what torchvision.io.decode_image reads
+
+
+def visible(folder: Path) -> list[Path]:
+    """The entries of `folder` whose names do not start with ".", sorted."""
+    return sorted(path for path in folder.iterdir() if not path.name.startswith("."))
+
+
+def image_files(folder: Path, who: str) -> list[Path]:
+    """The image files under `folder` and its subfolders, sorted; any other visible file is a ConfigError that starts
+    with `who` (the dataset or option reading the folder), so that nothing is left out silently."""
+    files = []
+    for path in visible(folder):
+        if path.is_dir():
+            files += image_files(path, who)
+        elif path.suffix.lower() in IMAGE_EXTENSIONS:
+            files.append(path)
+        else:
+            raise ConfigError(
+                f"{who}: {path} is not an image file ({', '.join(IMAGE_EXTENSIONS)}); convert it or move it out of "
+                f"{folder}"
+            )
+    return files
 
 
 _CPP_LOCATION = re.compile(r"^.*?\.cpp:\d+, ")  # the "decode_png, /path/decode_png.cpp:79, " prefix of decode errors

@@ -28,8 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data._images import load_image
-from data.image_folder import IMAGE_EXTENSIONS
+from data._images import IMAGE_EXTENSIONS, image_files, load_image
 from trust import PICKLE_CALLS, pickle_calls, shown
 from utils import ConfigError, DataError
 
@@ -138,7 +137,8 @@ class NewImages(Dataset):
 
         image = record["image"]
         self.folder = folder
-        self.files: list[str] = [path.relative_to(folder).as_posix() for path in _image_files(folder)]
+        found = image_files(folder, "data.predict_path")
+        self.files: list[str] = [path.relative_to(folder).as_posix() for path in found]
         if not self.files:
             raise ConfigError(
                 f"data.predict_path {folder}: no image files in it or its subfolders ({', '.join(IMAGE_EXTENSIONS)})"
@@ -158,25 +158,6 @@ class NewImages(Dataset):
         if self.normalize is not None:
             image = self.normalize(image)
         return image.to(self.dtype)
-
-
-def _image_files(folder: Path) -> list[Path]:
-    """The image files under `folder` and its subfolders, sorted; names starting with "." are skipped, and any other
-    file is a ConfigError, so that nothing is left out silently."""
-    files = []
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith("."):
-            continue
-        if path.is_dir():
-            files += _image_files(path)
-        elif path.suffix.lower() in IMAGE_EXTENSIONS:
-            files.append(path)
-        else:
-            raise ConfigError(
-                f"data.predict_path: {path} is not an image file ({', '.join(IMAGE_EXTENSIONS)}); convert it or move "
-                f"it out of the folder"
-            )
-    return files
 
 
 class FeatureRows(Dataset):

@@ -36,9 +36,7 @@ def to_tensor() -> Callable:
     return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.ToPureTensor()])
 
 
-def transform_arguments(
-    dataset_class: type, args: dict[str, Any], name: str
-) -> tuple[dict[str, Any], dict[str, Any]]:
+def transform_arguments(dataset_class: type, args: dict[str, Any], name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """`args` (the dataset arguments of dataset `name`) without the transform arguments, and the transform arguments
     the data module passes: `{"transform": to_tensor()}` when the dataset's constructor takes `transform`, else none.
 

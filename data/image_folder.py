@@ -10,10 +10,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from data._images import data_root, load_image
+from data._images import data_root, image_files, load_image, visible
 from utils import ConfigError
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".webp")  # what torchvision.io.decode_image reads
 
 
 class ImageFolder(Dataset):
@@ -44,7 +42,7 @@ class ImageFolder(Dataset):
         self.files: list[Path] = []
         self.labels: list[int] = []
         for name in folders:
-            files = _image_files(split / name)
+            files = image_files(split / name, "image_folder")
             if not files:
                 raise ConfigError(f"image_folder: class folder {split / name} has no images; add some or remove it")
             self.files += files
@@ -57,35 +55,14 @@ class ImageFolder(Dataset):
         return load_image(self.files[index], self.grayscale), self.labels[index]
 
 
-def _visible(folder: Path) -> list[Path]:
-    """The entries of `folder` whose names do not start with ".", sorted."""
-    return sorted(path for path in folder.iterdir() if not path.name.startswith("."))
-
-
 def _class_folders(split: Path) -> list[str]:
     """The sorted class folder names in `split`, which must hold folders only."""
     if not split.is_dir():
         raise ConfigError(f"image_folder: folder {split} not found; make it, with one subfolder of images per class")
-    entries = _visible(split)
+    entries = visible(split)
     stray = [path for path in entries if not path.is_dir()]
     if stray:
         raise ConfigError(f"image_folder: {stray[0]} is a file; {split} must hold one subfolder of images per class")
     if not entries:
         raise ConfigError(f"image_folder: {split} has no class folders; add one subfolder of images per class")
     return [path.name for path in entries]
-
-
-def _image_files(folder: Path) -> list[Path]:
-    """The image files under `folder` and its subfolders, sorted; any other visible file is an error."""
-    files = []
-    for path in _visible(folder):
-        if path.is_dir():
-            files += _image_files(path)
-        elif path.suffix.lower() in IMAGE_EXTENSIONS:
-            files.append(path)
-        else:
-            raise ConfigError(
-                f"image_folder: {path} is not an image file this dataset reads ({', '.join(IMAGE_EXTENSIONS)}); "
-                f"convert it or move it out of {folder}"
-            )
-    return files

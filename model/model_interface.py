@@ -390,7 +390,7 @@ class MInterface(pl.LightningModule):
         correct, seen = self.trainer.strategy.reduce(counts, reduce_op="sum").tolist()
         totals.correct.zero_()
         totals.seen = 0
-        # The value is equal on every device already; sync_dist only tells Lightning so (it warns otherwise).
+        # Equal on every device already: sync_dist averages equal values, and keeps Lightning from warning.
         self.log("train/acc", correct / seen, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
