@@ -2,7 +2,7 @@
 raw loop with a plain DataLoader over the same files.
 
     python bench/make_image_folder.py /tmp/images                # 50,000 + 10,000 JPEG files, from MNIST
-    python bench/image_folder.py /tmp/images [--repeats 3] [--epochs 1]
+    python bench/image_folder.py /tmp/images [--repeats 3] [--epochs 1] [--steps N]
 
 Each implementation is a fresh process, timed from its launch, in turn and repeated:
 - `template in memory`: `python main.py --config configs/json_images.yaml --data.in_memory cpu` (the files decoded
@@ -12,7 +12,9 @@ Each implementation is a fresh process, timed from its launch, in turn and repea
   batch size and augmentation.
 It prints, per implementation (medians over the repeats): the time to the first training step, the images per
 second through a training epoch, and for `raw` how long decoding alone takes (one pass of its loader without
-training), which splits an epoch's time between decoding and training.
+training), which splits an epoch's time between decoding and training. `--steps N` ends each epoch (and the
+template's validation and test) after N batches, for a folder whose whole epoch takes too long on this machine: the
+images per second are then those of the first N steps, while the in-memory path still decodes every file first.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from bench.run import template_common, timed  # noqa: E402
 BATCH_SIZE, LR, WEIGHT_DECAY = 128, 0.002, 0.05  # as configs/json_images.yaml
 
 
-def template_command(folder: Path, in_memory: str, epochs: int, out: Path) -> list[str]:
+def template_command(folder: Path, in_memory: str, epochs: int, steps: int | None, out: Path) -> list[str]:
+    limits = [f"--trainer.limit_{split}_batches={steps}" for split in ("train", "val", "test")] if steps else []
     return [
         sys.executable,
         "main.py",
@@ -47,11 +50,12 @@ def template_command(folder: Path, in_memory: str, epochs: int, out: Path) -> li
         in_memory,
         "--trainer.max_epochs",
         str(epochs),
+        *limits,
         *template_common(out, str(out / "report.json")),
     ]
 
 
-def raw(folder: Path, epochs: int, report: Path) -> None:
+def raw(folder: Path, epochs: int, steps: int | None, report: Path) -> None:
     """The plain loop: torch DataLoader workers decode the files, the CNN trains on what they give."""
     import torch
     from torch.utils.data import DataLoader, Dataset
@@ -83,21 +87,23 @@ def raw(folder: Path, epochs: int, report: Path) -> None:
     net = CNN(in_channels=3, num_classes=10, channels=[32, 64, 128], convs_per_block=2)
     optimizer = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     data: dict = {"epoch_times": []}
-    start = time.perf_counter()
-    for _ in loader:  # decoding alone: one pass of the loader
-        pass
-    data["decode_seconds"] = time.perf_counter() - start
     loss_fn = torch.nn.CrossEntropyLoss()
     for _ in range(epochs):
         start = time.perf_counter()
-        for x, y in loader:
+        for step, (x, y) in enumerate(loader):
+            if step == steps:
+                break
             data.setdefault("first_step", time.time())
             loss = loss_fn(net(x), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
         data["epoch_times"].append(time.perf_counter() - start)
-    data["items"] = len(loader.dataset)
+    data["items"] = min(len(loader.dataset), steps * BATCH_SIZE) if steps else len(loader.dataset)
+    start = time.perf_counter()
+    for _ in loader:  # decoding alone: one whole pass of the loader, after training so as not to delay its start
+        pass
+    data["decode_images_per_s"] = len(loader.dataset) / (time.perf_counter() - start)
     report.write_text(json.dumps(data))
 
 
@@ -106,10 +112,11 @@ def main() -> None:
     parser.add_argument("folder", type=Path, help="written by bench/make_image_folder.py")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--steps", type=int, help="end each epoch after this many batches (default: the whole split)")
     parser.add_argument("--raw-report", type=Path, help=argparse.SUPPRESS)  # the raw loop's own process
     args = parser.parse_args()
     if args.raw_report:
-        raw(args.folder, args.epochs, args.raw_report)
+        raw(args.folder, args.epochs, args.steps, args.raw_report)
         return
     if not (args.folder / "annotations" / "cifar10_train.json").is_file():
         sys.exit(f"no image folder at {args.folder}: write one with bench/make_image_folder.py")
@@ -121,23 +128,25 @@ def main() -> None:
                 out = Path(directory)
                 if name == "raw":
                     command = [sys.executable, __file__, str(args.folder), "--epochs", str(args.epochs)]
+                    command += ["--steps", str(args.steps)] if args.steps else []
                     command += ["--raw-report", str(out / "report.json")]
                 else:
                     in_memory = "cpu" if name == "template in memory" else "off"
-                    command = template_command(args.folder, in_memory, args.epochs, out)
+                    command = template_command(args.folder, in_memory, args.epochs, args.steps, out)
                 wall, rss, _, start = timed(command)
                 report = json.loads((out / "report.json").read_text())
             # The template trains on the split's 90 %; the raw loop on all of it.
-            items = report.get("items", round(train_items * 0.9))
+            items = report.get("items", min(round(train_items * 0.9), (args.steps or train_items) * BATCH_SIZE))
             row = found.setdefault(name, {"first_step": [], "images_per_s": [], "wall": [], "rss": []})
             row["first_step"].append(report["first_step"] - start)
             row["images_per_s"].append(items / statistics.median(report["epoch_times"]))
             row["wall"].append(wall)
             row["rss"].append(rss)
-            if "decode_seconds" in report:
-                row.setdefault("decode_images_per_s", []).append(items / report["decode_seconds"])
+            if "decode_images_per_s" in report:
+                row.setdefault("decode_images_per_s", []).append(report["decode_images_per_s"])
             print(f"[{repeat + 1}/{args.repeats}] {name}: {report['epoch_times']} s per epoch", flush=True)
-    print(f"\n{train_items:,} training images in {args.folder}; medians of {args.repeats}:\n")
+    steps = f", the first {args.steps} steps of each epoch" if args.steps else ""
+    print(f"\n{train_items:,} training images in {args.folder}{steps}; medians of {args.repeats}:\n")
     print("| implementation | first step (s) | images/s, training epoch | decoding alone, images/s | wall (s) |")
     print("|---|---|---|---|---|")
     for name, row in found.items():
