@@ -6,6 +6,7 @@ from callbacks.gpu_memory import GPUMemoryFraction
 from callbacks.learned_parameters import LearnedParameters
 from callbacks.plot_predictions import PlotPredictions
 from callbacks.predictions_writer import PredictionsWriter
+from callbacks.process_group import ProcessGroupTeardown
 from callbacks.progress_bar import ProgressBar
 from callbacks.results import RunResults
 from callbacks.training_summary import TrainingSummary
@@ -18,6 +19,7 @@ __all__ = [
     "LearnedParameters",
     "PlotPredictions",
     "PredictionsWriter",
+    "ProcessGroupTeardown",
     "ProgressBar",
     "ResumableCheckpoint",
     "RunResults",

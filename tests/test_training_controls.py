@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,26 @@ def test_two_processes_train_with_synced_metrics_and_write_one_run(tmp_path: Pat
     # So do the losses, whose halves have means of their own (val: 2 x 200 items, test: 2 x 400).
     for split, results in (("val", "validation"), ("test", "test")):
         assert run.results[results][f"{split}/loss"] == pytest.approx(whole_split_loss(model, data, split), abs=1e-5)
+
+
+def test_each_process_destroys_its_process_group_before_python_shuts_down(tmp_path: Path) -> None:
+    # Left to Python's shutdown, a gloo worker thread that still holds queued collectives' tensors frees them then,
+    # and the process aborts ("terminate called without an active exception").
+    script = f"""
+import atexit
+import torch
+import torch.distributed as dist
+from callbacks import ProcessGroupTeardown
+atexit.register(lambda: print("initialized at exit:", dist.is_initialized()))  # runs after the callback's own
+dist.init_process_group("gloo", init_method="file://{tmp_path / "store"}", rank=0, world_size=1)
+for _ in range(2000):
+    dist.all_reduce(torch.ones(100), async_op=True)
+for stage in ("fit", "validate", "test"):
+    ProcessGroupTeardown().setup(None, None, stage)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines() == ["initialized at exit: False"]
 
 
 @pytest.mark.slow
