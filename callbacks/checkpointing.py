@@ -24,7 +24,10 @@ from utils import ConfigError, DataError
 
 
 class TrainingDiverged(ConfigError):
-    """The training loss became NaN or infinite; raised by FiniteLossGuard on every device at the same step."""
+    """The training loss became NaN or infinite; raised by FiniteLossGuard on every device at the same step.
+    `weights_finite` says whether it was found before the weights took that loss (else no checkpoint is written)."""
+
+    weights_finite: bool = True
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -121,9 +124,32 @@ class ResumableCheckpoint(ModelCheckpoint):
         enable_version_counter: Add -v1, -v2... rather than overwrite a file of the same name.
     """
 
+    _state_key: str | None = None  # ModelCheckpoint's, kept while set up: Lightning asks for it at every hook
+
+    @property
+    def state_key(self) -> str:
+        return self._state_key if self._state_key is not None else super().state_key
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._state_key = None
+        self._state_key = self.state_key
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().teardown(trainer, pl_module, stage)
+        self._state_key = None
+
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
         if not self._should_save_for_resuming(trainer, exception):
+            return
+        if isinstance(exception, TrainingDiverged) and not exception.weights_finite:
+            print_line(
+                trainer,
+                f"Training stopped by TrainingDiverged at step {trainer.global_step}; the weights took the "
+                "non-finite loss, so no last.ckpt was written: the last finite weights are in "
+                f"{self.last_model_path or 'no checkpoint'}",
+            )
             return
         cause = "SIGTERM" if isinstance(exception, SIGTERMException) else type(exception).__name__
         stopped = f"Training stopped by {cause} at step {trainer.global_step}"
@@ -168,15 +194,75 @@ def _described(error: Exception) -> str:
 
 
 class FiniteLossGuard(Callback):
-    """Stops training with TrainingDiverged at the first step whose loss is NaN or infinite, before the optimizer
-    applies it: the weights, and the `last.ckpt` that ResumableCheckpoint writes then, stay finite. On several
-    devices, all stop at the same step when any one's loss is not finite.
+    """Stops training with TrainingDiverged when the training loss becomes NaN or infinite, naming the step, epoch
+    and batch where it first did. On several devices, all stop at the same step when any one's loss is not finite.
 
-    Checking costs one device synchronisation per step (and, on several devices, one tiny all-reduce).
+    Checked at every step (the default on the CPU, where reading a loss costs nothing), it stops before the
+    optimizer applies that loss: the weights, and the `last.ckpt` that ResumableCheckpoint writes then, stay finite.
+    Reading a loss on a GPU waits for the device, so there each step's loss is recorded on the device alone, and
+    read every `check_every_n_steps` training batches, at the end of each epoch, before validation and before any
+    checkpoint is written; a non-finite loss found then stops training with no checkpoint of the weights it reached
+    (the last one written holds finite weights). Weights-only checkpoints are written without the callbacks' hooks,
+    so with a `save_weights_only` checkpoint callback the loss is checked at every step.
+
+    Args:
+        check_every_n_steps: Read the losses every n training batches; null: every step on the CPU, else every
+            `trainer.log_every_n_steps` (when the logger reads the loss anyway).
     """
+
+    def __init__(self, check_every_n_steps: int | None = None) -> None:
+        if check_every_n_steps is not None and check_every_n_steps < 1:
+            raise ConfigError(f"finite_loss.check_every_n_steps {check_every_n_steps}: give 1 or more, or null")
+        self.check_every_n_steps = check_every_n_steps
+        self._every = 1
+        self._losses: torch.Tensor | None = None  # on the device: each unread batch's loss, its non-finite part
+        self._unread: list[tuple[int, int, int]] = []  # the step, epoch and batch of each loss recorded and not read
+        self._reached: TrainingDiverged | None = None  # a divergence found after the weights took it
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        every = self.check_every_n_steps
+        if every is None:
+            every = 1 if trainer.strategy.root_device.type == "cpu" else max(1, trainer.log_every_n_steps)
+        if any(getattr(c, "save_weights_only", False) for c in trainer.checkpoint_callbacks):
+            every = 1
+        self._every, self._losses, self._unread, self._reached = every, None, [], None
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
         local = loss.detach()
+        step = (trainer.global_step, trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_idx)
+        if self._every == 1:
+            self._check_now(trainer, local, step)
+            return
+        if self._losses is None:
+            self._losses = torch.zeros(self._every, dtype=torch.float32, device=local.device)
+        # No read: one copy into the record (a reduction first when the loss is not one number).
+        if local.numel() != 1:
+            local = torch.where(torch.isfinite(local), 0.0, local).sum()
+        self._losses[len(self._unread)].copy_(local.reshape(()))
+        self._unread.append(step)
+        if len(self._unread) == self._every:
+            # Read with this batch's loss in: when it is the first non-finite one, no weights took it yet.
+            self._read(trainer, applied=len(self._unread) - 1)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._read(trainer)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._read(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._read(trainer)
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Raised before the checkpoint is written: none holds weights that a non-finite loss reached."""
+        if self._reached is not None:
+            raise self._reached
+        self._read(trainer)
+
+    def _check_now(self, trainer: pl.Trainer, local: torch.Tensor, step: tuple[int, int, int]) -> None:
+        """Read this batch's loss, before the optimizer applies it."""
         finite = bool(torch.isfinite(local).all())
         if not trainer.strategy.reduce_boolean_decision(not finite, all=False):
             return
@@ -186,9 +272,39 @@ class FiniteLossGuard(Callback):
             what = "nan"
         else:
             what = "-inf" if bool((local == -math.inf).any()) else "inf"
-        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else math.nan
-        raise TrainingDiverged(
-            f"the training loss became {what} at step {trainer.global_step} (epoch {trainer.current_epoch}, "
-            f"batch {trainer.fit_loop.epoch_loop.batch_idx}): lower the learning rate (now model.lr={lr:g}), clip "
-            "gradients (--trainer.gradient_clip_val 1.0) or check the data for nan/inf values"
-        )
+        raise _diverged(trainer, what, step, weights_finite=True)
+
+    def _read(self, trainer: pl.Trainer, applied: int | None = None) -> None:
+        """Read the losses recorded since the last read (the first `applied` of them already in the weights, all
+        when None), on every device together, and raise TrainingDiverged at the first non-finite one."""
+        count = len(self._unread)
+        if count == 0 or self._losses is None:
+            return
+        losses = self._losses[:count]
+        places = torch.arange(count, device=losses.device)
+        first = torch.where(torch.isfinite(losses), count, places).min()  # `count` when all are finite
+        value = losses[first.clamp(max=count - 1)]
+        kind = torch.where(torch.isnan(value), 1, torch.where(value > 0, 2, 3))
+        # The first step on any device, and what its loss was there: all devices hold the same steps.
+        key = int(trainer.strategy.reduce(first * 4 + kind, reduce_op="min"))
+        unread, self._unread = self._unread, []
+        if key >= 4 * count:
+            return
+        place, what = divmod(key, 4)
+        applied = count if applied is None else applied
+        error = _diverged(trainer, ("nan", "inf", "-inf")[what - 1], unread[place], weights_finite=place >= applied)
+        if not error.weights_finite:
+            self._reached = error
+        raise error
+
+
+def _diverged(trainer: pl.Trainer, what: str, step: tuple[int, int, int], weights_finite: bool) -> TrainingDiverged:
+    """The error for a loss that became `what` at `step` (the global step, epoch and batch)."""
+    lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else math.nan
+    error = TrainingDiverged(
+        f"the training loss became {what} at step {step[0]} (epoch {step[1]}, batch {step[2]}): lower the learning "
+        f"rate (now model.lr={lr:g}), clip gradients (--trainer.gradient_clip_val 1.0) or check the data for nan/inf "
+        "values"
+    )
+    error.weights_finite = weights_finite
+    return error

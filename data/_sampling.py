@@ -66,15 +66,17 @@ def seed_draws(index: int, torch_only: bool = False) -> None:
 
 class EpochShuffle(DistributedSampler):
     """A random order of the items for each epoch, drawn from `seed` and the epoch alone, each device taking its
-    share as DistributedSampler does (Lightning leaves a DistributedSampler as it is); the indices come as Draws.
+    share as DistributedSampler does (Lightning leaves a DistributedSampler as it is); the indices come as Draws,
+    or as plain ints when `draws` is False (a split that makes no random draws per item: no seeds to carry).
 
     Lightning calls `set_epoch` before each epoch, so a resumed run sees the same order as the interrupted one
     would have; a shuffle drawn from the global random state would depend on everything drawn before it.
     `resume(epoch, items)` starts the next pass at the place a checkpoint recorded, in the middle of an epoch too.
     """
 
-    def __init__(self, dataset: Dataset, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(self, dataset: Dataset, seed: int, num_replicas: int = 1, rank: int = 0, draws: bool = True) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.draws = draws
         self._skip = (0, 0)  # the epoch, and the items of this device's share of it, that a checkpoint had done
 
     def resume(self, epoch: int, items: int) -> None:
@@ -89,6 +91,8 @@ class EpochShuffle(DistributedSampler):
         (epoch, items), self._skip = self._skip, (0, 0)
         skip = items if epoch == self.epoch else 0
         indices = super().__iter__()
+        if not self.draws:
+            return islice(indices, skip, None)
         positions = range(self.rank, self.total_size, self.num_replicas)  # their places in the epoch's whole order
         pairs = islice(zip(indices, positions, strict=True), skip, None)
         return iter([Draw(index, draw_seed(self.seed, self.epoch, position)) for index, position in pairs])

@@ -320,13 +320,16 @@ class DInterface(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         devices = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        self._sampler = EpochShuffle(self.train_set, torch.initial_seed(), *devices)
+        served = self._served("train")
+        # A split held in memory with no augmentation makes no random draws per item: plain indices, no seeds.
+        draws = not (isinstance(served, InMemorySplit) and served.transform is None)
+        self._sampler = EpochShuffle(self.train_set, torch.initial_seed(), *devices, draws=draws)
         if self._resume is not None:
             self._sampler.resume(**self._resume)
             self._resume = None
         # Its own generator: a loader drawing its workers' base seed from the global one would shift dropout's draws.
         generator = torch.Generator().manual_seed(torch.initial_seed())
-        return self._loader(self._served("train"), sampler=self._sampler, generator=generator)
+        return self._loader(served, sampler=self._sampler, generator=generator)
 
     def state_dict(self) -> dict[str, Any]:
         """For checkpoints: what prediction on new data needs to know of the training data (`trained_on`), and

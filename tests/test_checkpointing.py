@@ -177,6 +177,74 @@ def test_a_non_finite_loss_stops_training_before_the_weights_take_it(tmp_path: P
     assert all_finite(checkpoint["state_dict"])
 
 
+def test_a_guard_that_reads_every_n_steps_names_the_first_non_finite_step_and_writes_no_checkpoint_after_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    model = fail_at(4, factor=float("-inf"))  # read at steps 2 and 5 (every 3 batches): found at step 5
+    resumable = ResumableCheckpoint(dirpath=tmp_path, save_last=True, monitor=None)
+    with pytest.raises(TrainingDiverged) as raised:
+        trainer(tmp_path, [FiniteLossGuard(check_every_n_steps=3), resumable]).fit(model, data())
+    assert str(raised.value).startswith("the training loss became -inf at step 4 (epoch 0, batch 4): lower")
+    assert not raised.value.weights_finite
+    assert model.trainer.global_step == 5  # read late: the weights took step 4's loss...
+    assert not all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    assert list(tmp_path.glob("*.ckpt")) == []  # ...and no checkpoint holds them
+    assert "the weights took the non-finite loss, so no last.ckpt was written" in capsys.readouterr().out
+
+
+def test_a_guard_that_reads_every_n_steps_reads_before_each_checkpoint(tmp_path: Path) -> None:
+    model = fail_at(4, factor=float("nan"))
+    resumable = ResumableCheckpoint(dirpath=tmp_path, save_last=True, monitor=None, every_n_train_steps=2)
+    with pytest.raises(TrainingDiverged) as raised:
+        trainer(tmp_path, [FiniteLossGuard(check_every_n_steps=5), resumable]).fit(model, data())
+    assert str(raised.value).startswith("the training loss became nan at step 4 (epoch 0, batch 4): lower")
+    assert model.trainer.global_step == 6  # found when saving after step 5, before the write
+    checkpoint = load(tmp_path / "last.ckpt")
+    assert checkpoint["global_step"] == 4  # the save before the non-finite step: finite weights
+    assert all_finite(checkpoint["state_dict"])
+    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["epoch=0-step=4.ckpt", "last.ckpt"]
+
+
+def test_a_crash_after_a_non_finite_loss_not_yet_read_writes_no_last_ckpt(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    model = fail_at(3, factor=float("nan"))
+    resumable = ResumableCheckpoint(dirpath=tmp_path, save_last=True, monitor=None)
+    callbacks = [FiniteLossGuard(check_every_n_steps=6), resumable, RaiseAt(5, KeyboardInterrupt)]
+    with pytest.raises(SystemExit):  # Ctrl+C after step 5, before the read after step 6
+        trainer(tmp_path, callbacks).fit(model, data())
+    assert list(tmp_path.glob("*.ckpt")) == []
+    out = capsys.readouterr().out
+    assert "Training stopped by KeyboardInterrupt at step 5; saving last.ckpt failed as well (the training loss " in out
+    assert "became nan at step 3 (epoch 0, batch 3)" in out
+
+
+def test_a_guard_that_reads_every_n_steps_stops_before_the_weights_take_a_loss_it_reads_at_once(
+    tmp_path: Path,
+) -> None:
+    model = fail_at(5, factor=float("inf"))  # the third of steps 3 to 5: read before its backward
+    resumable = ResumableCheckpoint(dirpath=tmp_path, save_last=True, monitor=None)
+    with pytest.raises(TrainingDiverged, match=r"became inf at step 5 \(epoch 0, batch 5\)"):
+        trainer(tmp_path, [FiniteLossGuard(check_every_n_steps=3), resumable]).fit(model, data())
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    checkpoint = load(tmp_path / "last.ckpt")
+    assert checkpoint["global_step"] == 5
+    assert all_finite(checkpoint["state_dict"])
+
+
+def test_a_guard_that_reads_every_n_steps_reads_at_the_epoch_end(tmp_path: Path) -> None:
+    model = fail_at(7, factor=float("nan"))  # the last step of the epoch; 8 steps, read every 5
+    with pytest.raises(TrainingDiverged, match=r"became nan at step 7 \(epoch 0, batch 7\)"):
+        trainer(tmp_path, [FiniteLossGuard(check_every_n_steps=5)], enable_checkpointing=False).fit(model, data())
+    assert model.trainer.global_step == STEPS_PER_EPOCH
+
+
+def test_a_guard_checks_every_step_on_the_cpu_by_default(tmp_path: Path) -> None:
+    guard = FiniteLossGuard()
+    trainer(tmp_path, [guard], enable_checkpointing=False, log_every_n_steps=4).fit(MInterface(), data())
+    assert guard._every == 1
+
+
 def test_finite_losses_train_as_usual(tmp_path: Path) -> None:
     fit = trainer(tmp_path, [FiniteLossGuard()], enable_checkpointing=False)
     fit.fit(MInterface(), data())
@@ -184,6 +252,17 @@ def test_finite_losses_train_as_usual(tmp_path: Path) -> None:
 
 
 # ResumableCheckpoint
+
+
+def test_the_state_key_is_modelcheckpoints_while_set_up_and_after(tmp_path: Path) -> None:
+    settings = {"monitor": "val/loss", "mode": "min", "every_n_train_steps": 3}
+    resumable = ResumableCheckpoint(dirpath=tmp_path, save_last=True, **settings)
+    before = resumable.state_key
+    assert before == ModelCheckpoint(**settings).state_key.replace("ModelCheckpoint", "ResumableCheckpoint", 1)
+    fit = trainer(tmp_path, [resumable], max_epochs=1)
+    fit.fit(MInterface(), data())
+    assert list(load(tmp_path / "last.ckpt")["callbacks"]) == [before]
+    assert resumable.state_key == before
 
 
 def test_ctrl_c_writes_last_ckpt_that_resumes_training(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -12,7 +12,7 @@ import torch
 from conftest import RaiseAt, write_image_folder
 
 from callbacks import AtomicCheckpointIO, ResumableCheckpoint
-from data._sampling import EpochShuffle
+from data._sampling import Draw, EpochShuffle
 from data.data_interface import DInterface
 from model.model_interface import MInterface
 from utils import ConfigError
@@ -152,3 +152,26 @@ def test_a_checkpoints_place_in_the_order_that_this_template_did_not_write_is_re
 def test_a_checkpoints_random_state_that_this_template_did_not_write_is_refused(rng: Any) -> None:
     with pytest.raises(ConfigError, match="the checkpoint's random state is not what this template writes"):
         MInterface().on_load_checkpoint({"resume": {"rng": rng}})
+
+
+@pytest.mark.parametrize("devices", [1, 3])
+def test_a_split_without_draws_gets_the_same_order_as_plain_ints(devices: int) -> None:
+    items = list(range(50))
+    for rank in range(devices):
+        with_draws = EpochShuffle(items, seed=7, num_replicas=devices, rank=rank)
+        plain = EpochShuffle(items, seed=7, num_replicas=devices, rank=rank, draws=False)
+        with_draws.set_epoch(2)
+        plain.set_epoch(2)
+        order = list(plain)
+        assert all(type(index) is int for index in order)
+        assert order == [int(index) for index in with_draws]
+        plain.resume(epoch=2, items=7)
+        assert list(plain) == order[7:]
+
+
+@pytest.mark.parametrize(("in_memory", "seeded"), [("auto", False), ("off", True)])
+def test_only_a_split_that_draws_per_item_gets_seeds(in_memory: str, seeded: bool) -> None:
+    data = DInterface(**BLOBS, batch_size=16, in_memory=in_memory, num_workers=0)
+    data.setup("fit")
+    data.train_dataloader()
+    assert isinstance(next(iter(data._sampler)), Draw) is seeded
