@@ -17,6 +17,7 @@ neighbours; what `--ckpt_path last|best` means, from runs.py.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import signal
 import sys
@@ -506,4 +507,10 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        # What is left is the interpreter's shutdown (the run's files are written and closed), whose garbage
+        # collections walk every object torch and Lightning made: over a second. Frozen, they are left to the
+        # operating system with the rest of the process's memory.
+        gc.freeze()
