@@ -140,6 +140,7 @@ class TemplateTrainer(pl.Trainer):
             early_stop_threshold: Stop once the loss exceeds this many times its lowest value; null never stops.
             train: Then train at the suggested learning rate, as `fit` does.
         """
+        _refuse_groups("lr_find", datamodule)
         finder = Tuner(self).lr_find(
             model,
             datamodule=datamodule,
@@ -188,6 +189,7 @@ class TemplateTrainer(pl.Trainer):
             max_val: The largest batch size tried.
             train: Then train with the batch size found, as `fit` does.
         """
+        _refuse_groups("scale_batch_size", datamodule)
         size = Tuner(self).scale_batch_size(
             model,
             datamodule=datamodule,
@@ -228,3 +230,11 @@ class TemplateTrainer(pl.Trainer):
         if directory is not None:
             (directory / "hparams.yaml").unlink(missing_ok=True)
         return directory
+
+
+def _refuse_groups(finder: str, datamodule: pl.LightningDataModule | None) -> None:
+    """A ConfigError for a finder on data served in groups of batches (`DInterface.group_batches`): the finders
+    take one batch per Lightning step and step per batch, so grouped batches would mismeasure them."""
+    group = getattr(datamodule, "group_batches", 1)
+    if group > 1:
+        raise ConfigError(f"{finder} measures one optimizer step per batch: remove data.group_batches ({group})")

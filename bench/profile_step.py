@@ -6,7 +6,9 @@
 2. lightning: `Trainer.fit` of MInterface on DInterface (in memory), with no logger, checkpoint, progress
    bar or callback: Lightning's loop and the module's training step (loss log, train accuracy);
 3. template: the same with what `python main.py` adds: TensorBoard, checkpointing, early stopping, the LR
-   monitor, the training summary, the NaN guard, the progress bar, the classification figures.
+   monitor, the training summary, the NaN guard, the progress bar, the classification figures;
+4. template-grouped: the template with `--data.group_batches 8`: Lightning's loop runs once per 8 batches, the
+   module takes the 8 optimizer steps (the same steps and weights).
 The same batches, in the same order, in each. Prints milliseconds per step (median over the epochs after the
 first) and the differences, which are what Lightning and the template's extras cost per step.
 """
@@ -35,10 +37,12 @@ from model.mlp import MLP  # noqa: E402
 from model.model_interface import MInterface  # noqa: E402
 
 
-def mnist(root: str) -> DInterface:
+def mnist(root: str, group: int = 1) -> DInterface:
     """The MLP workload's data, as configs/mlp.yaml with --data mnist serves it (in memory)."""
     pl.seed_everything(42, verbose=False)
-    return DInterface(dataset="mnist", dataset_args={"root": root}, val_fraction=0.1, batch_size=64)
+    return DInterface(
+        dataset="mnist", dataset_args={"root": root}, val_fraction=0.1, batch_size=64, group_batches=group
+    )
 
 
 def raw(root: str, epochs: int) -> tuple[list[float], int]:
@@ -61,8 +65,9 @@ def raw(root: str, epochs: int) -> tuple[list[float], int]:
     return times, len(loader)
 
 
-def fitted(root: str, epochs: int, template: bool, directory: str) -> tuple[list[float], int]:
-    data = mnist(root)
+def fitted(root: str, epochs: int, template: bool, directory: str, group: int = 1) -> tuple[list[float], int]:
+    """The epochs' times and the optimizer steps per epoch."""
+    data = mnist(root, group)
     model = MInterface(net="mlp", net_args={"hidden_sizes": [256]}, loss="CrossEntropyLoss", optimizer="Adam", lr=1e-3)
     timing = BenchTiming(str(Path(directory) / "timing.json"))
     callbacks: list[pl.Callback] = [timing]
@@ -86,7 +91,7 @@ def fitted(root: str, epochs: int, template: bool, directory: str) -> tuple[list
         callbacks=callbacks,
     )
     trainer.fit(model, data)
-    return timing.data["epoch_times"], trainer.num_training_batches
+    return timing.data["epoch_times"], trainer.global_step // epochs
 
 
 def main() -> None:
@@ -101,13 +106,14 @@ def main() -> None:
             "raw": raw(args.data_root, args.epochs),
             "lightning": fitted(args.data_root, args.epochs, False, directory),
             "template": fitted(args.data_root, args.epochs, True, directory),
+            "template-grouped": fitted(args.data_root, args.epochs, True, directory, group=8),
         }
     per_step = {name: statistics.median(times[1:] or times) / steps * 1000 for name, (times, steps) in runs.items()}
     print(f"ms per training step (median of the epochs after the first; {runs['raw'][1]} steps per epoch):")
     previous = None
     for name, ms in per_step.items():
-        extra = f"  (+{ms - per_step[previous]:.3f} over {previous})" if previous else ""
-        print(f"  {name:10} {ms:.3f}{extra}")
+        extra = f"  ({ms - per_step[previous]:+.3f} over {previous})" if previous else ""
+        print(f"  {name:16} {ms:.3f}{extra}")
         previous = name
 
 

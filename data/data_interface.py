@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import signal
 import warnings
@@ -98,6 +99,12 @@ class DInterface(pl.LightningDataModule):
         predict_path: For `predict` with a checkpoint: a folder of images (searched recursively) or a file of feature
             rows (.csv, .npy, .pt) to predict on, prepared as the training data was; null predicts the test split.
         top_k: For `predict` with a classifier: how many of the most probable classes predictions.csv lists per item.
+        group_batches: Serve this many batches per training step of the Lightning loop, for small models, whose
+            step costs about what Lightning's per-step machinery does: the model takes one optimizer step per batch,
+            so the same batches in the same order give the same steps and weights as with 1, and Lightning's
+            per-step cost is paid once per group. Data held in memory only (`in_memory`). Lightning's own counts
+            of batches (log_every_n_steps, an int val_check_interval, limit_train_batches, the logged step axis)
+            then count groups; trainer.max_steps and checkpoints' step counts stay optimizer steps.
     """
 
     def __init__(
@@ -122,6 +129,7 @@ class DInterface(pl.LightningDataModule):
         target_key: str | None = None,
         predict_path: str | None = None,
         top_k: int = 1,
+        group_batches: int = 1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -161,6 +169,13 @@ class DInterface(pl.LightningDataModule):
             raise ConfigError(f"data.random_crop_padding must be >= 0, got {random_crop_padding}")
         if top_k < 1:
             raise ConfigError(f"data.top_k must be >= 1, got {top_k}")
+        if group_batches < 1:
+            raise ConfigError(f"data.group_batches must be >= 1, got {group_batches}")
+        if group_batches > 1 and in_memory == "off":
+            raise ConfigError(
+                f"data.group_batches {group_batches} needs the training data in memory: use data.in_memory auto, cpu "
+                "or device, or data.group_batches 1"
+            )
         # A torchvision-style dataset gets the transform that makes tensors of its images (see _torchvision_style).
         self._dataset_args = transform_arguments(self.dataset_class, dataset_args or {}, dataset)
         self.batch_size = batch_size  # an attribute, so that Lightning's batch-size finder can set it
@@ -177,6 +192,9 @@ class DInterface(pl.LightningDataModule):
         self._in_memory: dict[str, InMemorySplit] = {}
         self._sampler: EpochShuffle | None = None  # the training order
         self._resume: dict[str, int] | None = None  # the place in it a checkpoint recorded
+        # With group_batches > 1: the epoch and the items of it that optimizer steps were taken on (`count_trained`).
+        self._trained: tuple[int, int] = (0, 0)
+        self._group_cut = False  # whether trainer.max_steps stopped training within the last group
         self._trained_on: dict[str, Any] | None = None  # what prediction on new data needs (`_new_inputs.describe`)
         self._new_inputs: Dataset | None = None  # what `predict_path` holds, read once
 
@@ -324,12 +342,41 @@ class DInterface(pl.LightningDataModule):
         # A split held in memory with no augmentation makes no random draws per item: plain indices, no seeds.
         draws = not (isinstance(served, InMemorySplit) and served.transform is None)
         self._sampler = EpochShuffle(self.train_set, torch.initial_seed(), *devices, draws=draws)
+        self._trained, self._group_cut = (0, 0), False
         if self._resume is not None:
-            self._sampler.resume(**self._resume)
+            epoch, items = self._resume["epoch"], self._resume["items"]
+            self._sampler.resume(epoch, items)
+            self._trained = (epoch, items) if items < self._sampler.num_samples else (epoch + 1, 0)
             self._resume = None
+        group = self.group_batches
+        if group > 1 and not isinstance(served, InMemorySplit):
+            raise ConfigError(
+                f"data.group_batches {group} needs the training data in memory, and {self._not_in_memory()}: use "
+                "data.group_batches 1"
+            )
         # Its own generator: a loader drawing its workers' base seed from the global one would shift dropout's draws.
         generator = torch.Generator().manual_seed(torch.initial_seed())
-        return self._loader(served, sampler=self._sampler, generator=generator)
+        return self._loader(served, sampler=self._sampler, generator=generator, batch_size=group * self.batch_size)
+
+    @property
+    def group_batches(self) -> int:
+        """How many batches the training loader serves per Lightning step (see the option)."""
+        return self.hparams.get("group_batches", 1)
+
+    def optimizer_steps(self, groups: int) -> int:
+        """The optimizer steps (batches of `batch_size`) in the first `groups` groups of an epoch of the training
+        loader."""
+        return min(groups * self.group_batches, math.ceil(len(self._sampler) / self.batch_size))
+
+    def count_trained(self, items: int, cut: bool = False) -> None:
+        """Record that an optimizer step was taken on the next `items` of the epoch's order (with group_batches > 1,
+        where Lightning's count of batches counts groups); `cut` when trainer.max_steps stops training within the
+        group. Checkpoints record the place in the order from this."""
+        epoch, done = self._trained
+        if epoch != self._sampler.epoch:
+            epoch, done = self._sampler.epoch, 0
+        self._trained = (epoch, done + items)
+        self._group_cut = cut
 
     def state_dict(self) -> dict[str, Any]:
         """For checkpoints: what prediction on new data needs to know of the training data (`trained_on`), and
@@ -339,6 +386,11 @@ class DInterface(pl.LightningDataModule):
         trainer = self.trainer
         if self._sampler is None or trainer is None or trainer.state.fn != "fit":
             return state
+        if self.group_batches > 1:
+            epoch, items = self._trained
+            items = items if epoch == self._sampler.epoch else 0
+            grouped = {"group_batches": self.group_batches, **({"group_cut": True} if self._group_cut else {})}
+            return {**state, "epoch": self._sampler.epoch, "items": items, **grouped}
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed  # batches whose step has run
         return {**state, "epoch": self._sampler.epoch, "items": done * self.batch_size}
 
@@ -346,15 +398,34 @@ class DInterface(pl.LightningDataModule):
         if not state_dict:
             return
         position = {key: state_dict[key] for key in ("epoch", "items") if key in state_dict}
+        group = state_dict.get("group_batches", 1)
         if (
-            set(state_dict) - {"epoch", "items", "trained_on"}
+            set(state_dict) - {"epoch", "items", "trained_on", "group_batches", "group_cut"}
             or len(position) == 1
             or not all(type(value) is int and 0 <= value < 2**62 for value in position.values())
+            or type(group) is not int
+            or group < 1
+            or state_dict.get("group_cut", True) is not True
         ):
             raise ConfigError(
                 f"the checkpoint's place in the training order ({shown(state_dict)}) is not an epoch and a number of "
                 "items (beside the record of the training data); it was not written by this template: give another "
                 "checkpoint"
+            )
+        fitting = self.trainer is not None and self.trainer.state.fn == "fit"  # to test or predict, any will do
+        if position and fitting and group != self.group_batches:
+            # Lightning counts the steps of grouped batches in its manual optimization's progress, the others in its
+            # automatic optimization's, and the batches of an epoch in groups: a run cannot carry on with another K.
+            raise ConfigError(
+                f"the checkpoint was written by training with data.group_batches {group}: resume it with "
+                f"--data.group_batches {group} (not {self.group_batches})"
+            )
+        if "group_cut" in state_dict and fitting:
+            raise ConfigError(
+                f"the checkpoint was written when trainer.max_steps stopped training within a group of "
+                f"data.group_batches {group} batches, which Lightning counts as done: resuming it would skip the rest "
+                "of that group. Resume one written at the end of a group (an epoch's end, an interruption), or stop "
+                "at a trainer.max_steps that ends a group"
             )
         if "trained_on" in state_dict:
             record = check_description(state_dict["trained_on"], "the checkpoint")
@@ -393,7 +464,11 @@ class DInterface(pl.LightningDataModule):
         return self._loader(self.predict_set)
 
     def _loader(
-        self, dataset: Dataset, sampler: Sampler | None = None, generator: torch.Generator | None = None
+        self,
+        dataset: Dataset,
+        sampler: Sampler | None = None,
+        generator: torch.Generator | None = None,
+        batch_size: int | None = None,
     ) -> DataLoader:
         hp = self.hparams
         in_memory = isinstance(dataset, InMemorySplit)
@@ -401,7 +476,7 @@ class DInterface(pl.LightningDataModule):
         on_gpu = self._device().type == "cuda" and not (in_memory and dataset.inputs.is_cuda)
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=batch_size or self.batch_size,
             sampler=sampler,
             generator=generator,
             num_workers=workers,

@@ -195,6 +195,8 @@ class MInterface(pl.LightningModule):
         self._train = _TrainTotals()
         self._resumed: dict[str, Any] | None = None  # what a checkpoint to resume from carries besides weights
         self._eval_counts: dict[str, torch.Tensor] = {}  # per evaluation stage: counts of batches, see `_evaluate`
+        self._epoch_done = False  # whether a grouped epoch's last batch ran (see `_grouped_step`)
+        self._grouping_checked: int | None = None  # the trainer whose settings `_check_grouping` passed
         if not unset_sizes(self.net_class, net_args or {}):
             self._build_net(net_args or {})
 
@@ -211,6 +213,67 @@ class MInterface(pl.LightningModule):
         """Lightning's, for a checkpoint that holds plain values and tensors only (see `trust.load_checkpoint`)."""
         kwargs = checked_load_arguments(checkpoint_path, hparams_file, weights_only, kwargs)
         return super().load_from_checkpoint(checkpoint_path, map_location, strict=strict, weights_only=True, **kwargs)
+
+    @property
+    def automatic_optimization(self) -> bool:
+        """Lightning's, but off when the data module serves groups of batches (`DInterface.group_batches`): this
+        module then takes an optimizer step per batch itself (`_grouped_step`). Lightning asks before any setup hook
+        runs (to check the trainer's settings against it), so the checks of those settings are made here too."""
+        group = self._group_batches()
+        if group == 1:
+            return self._automatic_optimization
+        if self._grouping_checked != id(self.trainer):  # once per trainer: Lightning asks at every step
+            self._check_grouping(group)
+            self._grouping_checked = id(self.trainer)
+        return False
+
+    @automatic_optimization.setter
+    def automatic_optimization(self, automatic_optimization: bool) -> None:
+        self._automatic_optimization = automatic_optimization
+
+    def _group_batches(self) -> int:
+        """How many batches each training step gets from the data module when fitting: 1 without one."""
+        trainer = getattr(self, "_trainer", None)  # LightningModule's own: its `trainer` raises when there is none
+        if trainer is None or trainer.state.fn != "fit":
+            return 1
+        return getattr(trainer.datamodule, "group_batches", 1)
+
+    def _check_grouping(self, group: int) -> None:
+        """A ConfigError for the settings that steps taken per batch of a group cannot follow exactly."""
+        trainer = self.trainer
+        with_group = f"with data.group_batches {group}, this module takes the optimizer steps itself,"
+        if not self._automatic_optimization:
+            raise ConfigError(f"data.group_batches {group} needs automatic optimization: use data.group_batches 1")
+        if trainer.accumulate_grad_batches != 1:
+            raise ConfigError(
+                f"trainer.accumulate_grad_batches {trainer.accumulate_grad_batches}: {with_group} one per batch; "
+                "for larger steps raise data.batch_size instead, or use data.group_batches 1"
+            )
+        if trainer.gradient_clip_val:
+            raise ConfigError(
+                f"trainer.gradient_clip_val {trainer.gradient_clip_val}: {with_group} and Lightning clips gradients "
+                "in its own steps only; use data.group_batches 1 to clip gradients"
+            )
+        for callback in trainer.checkpoint_callbacks:
+            if any(saves_during_epochs(callback)):
+                every, interval = saves_during_epochs(callback)
+                given = f"every_n_train_steps {every}" if every else f"train_time_interval {interval}"
+                raise ConfigError(
+                    f"a checkpoint {given}: {with_group} and Lightning's ModelCheckpoint then saves every n of its own "
+                    "steps (groups) only, and never on a time interval; save every_n_epochs, or use "
+                    "data.group_batches 1"
+                )
+        if self.scheduler_class is torch.optim.lr_scheduler.ReduceLROnPlateau and self._schedule_per_step():
+            raise ConfigError(
+                f"ReduceLROnPlateau with lr_scheduler_interval step: {with_group} and the metric it watches is "
+                "logged once per group; step it per epoch, or use data.group_batches 1"
+            )
+
+    def _schedule_per_step(self) -> bool:
+        return self.hparams.lr_scheduler_interval == "step"
+
+    def _plateau(self) -> bool:
+        return isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
     def _set_loss(self, loss: str) -> None:
         self.loss_fn = _build_loss(loss, self.hparams.get("loss_args") or {})
@@ -276,7 +339,9 @@ class MInterface(pl.LightningModule):
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        if not self.automatic_optimization:
+            return self._grouped_step(batch, batch_idx)
         x, y = batch
         y = self._targets(y)
         out = self(x)
@@ -285,6 +350,60 @@ class MInterface(pl.LightningModule):
         if self.metrics is not None:
             self._train.add_predictions(out.detach(), y)
         return loss
+
+    def _grouped_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        """A group of batches (`DInterface.group_batches`): one optimizer step per batch of `batch_size`, each as
+        Lightning's automatic optimization takes it (zero the gradients, backward, step, then the warm-up and the
+        schedulers stepped per step), until trainer.max_steps; the epoch's schedulers after its last batch."""
+        trainer = self.trainer
+        datamodule = trainer.datamodule
+        x, y = batch
+        y = self._targets(y)
+        optimizer = self.optimizers()
+        batches = list(zip(x.split(datamodule.batch_size), y.split(datamodule.batch_size), strict=True))
+        chunks = batches[: max(0, trainer.max_steps - trainer.global_step)] if trainer.max_steps >= 0 else batches
+        cut = len(chunks) < len(batches)
+        for number, (xs, ys) in enumerate(chunks):
+            out = self(xs)
+            loss = self.loss_fn(out, ys)
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+            self._after_optimizer_step()
+            datamodule.count_trained(len(xs), cut=cut and number == len(chunks) - 1)
+            self._train.add_loss(loss.detach(), len(xs))
+            if self.metrics is not None:
+                self._train.add_predictions(out.detach(), ys)
+        last = batch_idx + 1 == trainer.num_training_batches or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if last and not cut:
+            self._epoch_done = True
+            if self.scheduler is not None and not self._schedule_per_step() and not self._plateau():
+                self.lr_scheduler_step(self.scheduler, None)
+        if self._train.items and (last or logger_writes_this_step(trainer) or trainer.fast_dev_run):
+            self.log("train/loss", self._train.take_loss(), prog_bar=True, batch_size=len(x))
+
+    def _after_optimizer_step(self) -> None:
+        """After an optimizer step of a group, what Lightning does after one of its own: the warm-up's next learning
+        rate, then the schedulers that step per step."""
+        if self._warmup_in_charge():
+            self.warmup.apply(self.trainer.global_step)  # counted already: the LightningOptimizer's step counts it
+        if self.scheduler is not None and self._schedule_per_step():
+            self.lr_scheduler_step(self.scheduler, None)
+
+    def _step_plateau_schedulers(self) -> None:
+        """At the end of an epoch whose batches all ran, step ReduceLROnPlateau on its metric, after validation, as
+        Lightning does (and, like it, not in the epoch a run resumed in: the metric is not in the checkpoint)."""
+        trainer = self.trainer
+        if not self._plateau() or not self._epoch_done or trainer.fit_loop.restarting:
+            return
+        monitor = self.hparams.lr_scheduler_monitor
+        value = trainer.callback_metrics.get(monitor)
+        if value is None:
+            raise ConfigError(
+                f"ReduceLROnPlateau watches {monitor}, which is not logged (logged: "
+                f"{', '.join(trainer.callback_metrics) or 'nothing'}): set model.lr_scheduler_monitor"
+            )
+        self.lr_scheduler_step(self.scheduler, value)
 
     def _targets(self, y: torch.Tensor) -> torch.Tensor:
         """A classifier's class indices as the int64 the losses take (a dataset may give them as int32 or uint8)."""
@@ -377,8 +496,13 @@ class MInterface(pl.LightningModule):
                 self.metrics["val_acc_best"].update(self._resumed["val_acc_best"])
             self._resumed = None
 
+    def on_train_epoch_start(self) -> None:
+        self._epoch_done = False  # whether a grouped epoch's last batch ran (see `_grouped_step`)
+
     def on_train_epoch_end(self) -> None:
         self._log_train_accuracy()
+        if not self.automatic_optimization:
+            self._step_plateau_schedulers()
 
     def _log_train_accuracy(self) -> None:
         """Log `train/acc`, the epoch's accuracy over all devices, counted at each step without torchmetrics, whose
@@ -460,11 +584,9 @@ class MInterface(pl.LightningModule):
             if isinstance(args.get("lr_lambda"), str):
                 args["lr_lambda"] = lr_lambda(args["lr_lambda"])
             self.scheduler = _construct(self.scheduler_class, optimizer, **args)
-            config["lr_scheduler"] = {
-                "scheduler": self.scheduler,
-                "interval": hp.lr_scheduler_interval,
-                "monitor": hp.lr_scheduler_monitor,
-            }
+            config["lr_scheduler"] = {"scheduler": self.scheduler, "interval": hp.lr_scheduler_interval}
+            if self.automatic_optimization:  # else this module steps it (see `_grouped_step`)
+                config["lr_scheduler"]["monitor"] = hp.lr_scheduler_monitor
         # After the scheduler, which takes the learning rate it starts from from the optimizer.
         self.warmup = LinearWarmup(optimizer, self._warmup_steps(), hp.warmup_start_factor) if hp.warmup else None
         return config
@@ -473,7 +595,12 @@ class MInterface(pl.LightningModule):
         warmup = self.hparams.warmup
         if warmup >= 1:
             return int(warmup)
-        total = self.trainer.estimated_stepping_batches
+        trainer = self.trainer
+        total = trainer.estimated_stepping_batches
+        if math.isfinite(total) and self._group_batches() > 1 and trainer.max_epochs not in (None, -1):
+            # Lightning counts the groups: the optimizer steps are those of the batches in them.
+            total = trainer.datamodule.optimizer_steps(trainer.num_training_batches) * max(trainer.max_epochs, 1)
+            total = min(total, trainer.max_steps) if trainer.max_steps != -1 else total
         if not math.isfinite(total):
             raise ConfigError(
                 f"model.warmup {warmup} is a fraction of training, which has no set length: set "
@@ -496,6 +623,12 @@ class MInterface(pl.LightningModule):
             return super().lr_scheduler_step(scheduler, metric)
         with self.warmup.scheduling(self.trainer.global_step):
             super().lr_scheduler_step(scheduler, metric)
+
+
+def saves_during_epochs(checkpoint: Any) -> tuple[int, Any]:
+    """The `every_n_train_steps` (0 for none) and `train_time_interval` (None for none) a ModelCheckpoint was given,
+    which it keeps in private only."""
+    return getattr(checkpoint, "_every_n_train_steps", 0) or 0, getattr(checkpoint, "_train_time_interval", None)
 
 
 def _construct(cls: type, *args: Any, **kwargs: Any) -> Any:
