@@ -24,6 +24,13 @@ def saved_last_at_this_step(checkpoint: ModelCheckpoint, trainer: pl.Trainer) ->
     return bool(written and checkpoint.last_model_path) and checkpoint._last_global_step_saved == trainer.global_step
 
 
+def saves_during_epochs(checkpoint: ModelCheckpoint) -> tuple[int, Any]:
+    """The `every_n_train_steps` (0 for none) and `train_time_interval` (None for none) `checkpoint` was given, which
+    ModelCheckpoint keeps in private only. With several optimizer steps per Lightning step (data.group_batches), its
+    saves between epochs would fall between the steps it counts, so they are refused."""
+    return checkpoint._every_n_train_steps or 0, checkpoint._train_time_interval
+
+
 def parser_that_failed(error: Exception | None, parser: Any) -> Any:
     """The parser of the subcommand whose options `error` is about, which jsonargparse attaches to the error (in
     private), else `parser`: so that a parse error points to `main.py fit --help`, not `main.py --help`."""

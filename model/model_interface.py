@@ -21,7 +21,7 @@ from data_contract import (
     sized_net_args,
     unset_sizes,
 )
-from lightning_internals import logger_writes_this_step
+from lightning_internals import logger_writes_this_step, saves_during_epochs
 from model._lr_schedule import LinearWarmup, lr_lambda
 from outputs_and_items import prediction
 from trust import check_plain, checked_load_arguments
@@ -623,12 +623,6 @@ class MInterface(pl.LightningModule):
             return super().lr_scheduler_step(scheduler, metric)
         with self.warmup.scheduling(self.trainer.global_step):
             super().lr_scheduler_step(scheduler, metric)
-
-
-def saves_during_epochs(checkpoint: Any) -> tuple[int, Any]:
-    """The `every_n_train_steps` (0 for none) and `train_time_interval` (None for none) a ModelCheckpoint was given,
-    which it keeps in private only."""
-    return getattr(checkpoint, "_every_n_train_steps", 0) or 0, getattr(checkpoint, "_train_time_interval", None)
 
 
 def _construct(cls: type, *args: Any, **kwargs: Any) -> Any:

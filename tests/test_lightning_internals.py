@@ -39,6 +39,14 @@ def test_the_private_names_it_uses_are_still_there() -> None:
     checkpoint = ModelCheckpoint()
     for name in ("_last_checkpoint_saved", "_last_global_step_saved"):
         assert hasattr(checkpoint, name), where % f"ModelCheckpoint.{name}"
+    from datetime import timedelta
+
+    from lightning_internals import saves_during_epochs
+
+    assert saves_during_epochs(checkpoint) == (0, None)
+    assert saves_during_epochs(ModelCheckpoint(every_n_train_steps=7)) == (7, None)
+    every = ModelCheckpoint(train_time_interval=timedelta(minutes=5))
+    assert saves_during_epochs(every) == (0, timedelta(minutes=5)), where % "ModelCheckpoint._train_time_interval"
 
 
 def test_jsonargparse_still_names_the_subcommand_that_failed() -> None:
