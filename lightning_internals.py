@@ -24,10 +24,13 @@ def saved_last_at_this_step(checkpoint: ModelCheckpoint, trainer: pl.Trainer) ->
     return bool(written and checkpoint.last_model_path) and checkpoint._last_global_step_saved == trainer.global_step
 
 
-def saves_during_epochs(checkpoint: ModelCheckpoint) -> tuple[int, Any]:
-    """The `every_n_train_steps` (0 for none) and `train_time_interval` (None for none) `checkpoint` was given, which
-    ModelCheckpoint keeps in private only. With several optimizer steps per Lightning step (data.group_batches), its
-    saves between epochs would fall between the steps it counts, so they are refused."""
+def saves_during_epochs(checkpoint: Any) -> tuple[int, Any]:
+    """The `every_n_train_steps` (0 for none) and `train_time_interval` (None for none) a ModelCheckpoint was given,
+    which it keeps in private only; (0, None) for any other checkpoint callback. With several optimizer steps per
+    Lightning step (data.group_batches), its saves between epochs would fall between the steps it counts, so they
+    are refused."""
+    if not isinstance(checkpoint, ModelCheckpoint):
+        return 0, None
     return checkpoint._every_n_train_steps or 0, checkpoint._train_time_interval
 
 

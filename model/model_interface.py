@@ -222,7 +222,9 @@ class MInterface(pl.LightningModule):
         group = self._group_batches()
         if group == 1:
             return self._automatic_optimization
-        if self._grouping_checked != id(self.trainer):  # once per trainer: Lightning asks at every step
+        # Once per trainer (Lightning asks at every step), and for fitting only; off in the evaluations after a fit
+        # too, so that trainer.global_step goes on counting the steps this module took.
+        if self.trainer.state.fn == "fit" and self._grouping_checked != id(self.trainer):
             self._check_grouping(group)
             self._grouping_checked = id(self.trainer)
         return False
@@ -232,9 +234,9 @@ class MInterface(pl.LightningModule):
         self._automatic_optimization = automatic_optimization
 
     def _group_batches(self) -> int:
-        """How many batches each training step gets from the data module when fitting: 1 without one."""
+        """How many batches each training step gets from the data module: 1 without one."""
         trainer = getattr(self, "_trainer", None)  # LightningModule's own: its `trainer` raises when there is none
-        if trainer is None or trainer.state.fn != "fit":
+        if trainer is None:
             return 1
         return getattr(trainer.datamodule, "group_batches", 1)
 
@@ -253,6 +255,12 @@ class MInterface(pl.LightningModule):
             raise ConfigError(
                 f"trainer.gradient_clip_val {trainer.gradient_clip_val}: {with_group} and Lightning clips gradients "
                 "in its own steps only; use data.group_batches 1 to clip gradients"
+            )
+        if isinstance(trainer.val_check_interval, float) and trainer.val_check_interval < 1:
+            raise ConfigError(
+                f"trainer.val_check_interval {trainer.val_check_interval}: {with_group} and Lightning takes the "
+                "fraction of its own steps (groups), which falls between other batches than without groups; give "
+                "the interval as a whole number of groups, or use data.group_batches 1"
             )
         for callback in trainer.checkpoint_callbacks:
             if any(saves_during_epochs(callback)):

@@ -37,7 +37,7 @@ class Record(pl.Callback):
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         # After the epoch's last training step, before validation: train/loss of the epoch's last window.
-        if not trainer.sanity_checking:
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
             self.epochs.append({"train/loss": float(trainer.callback_metrics["train/loss"])})
 
     def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
@@ -184,6 +184,7 @@ def test_settings_grouped_steps_cannot_follow_are_refused(tmp_path: Path) -> Non
         r"accumulate_grad_batches 2: with data.group_batches 2, .* raise data.batch_size", accumulate_grad_batches=2
     )
     refused(r"gradient_clip_val 1.0: .* use data.group_batches 1 to clip gradients", gradient_clip_val=1.0)
+    refused(r"val_check_interval 0.5: .* a whole number of groups", val_check_interval=0.5)
     every = (pl.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=4),)
     with pytest.raises(ConfigError, match=r"a checkpoint every_n_train_steps 4: .* save every_n_epochs, or use"):
         fit(2, callbacks=every, directory=tmp_path)
@@ -269,3 +270,20 @@ def test_data_that_auto_serves_item_by_item_is_refused(monkeypatch: pytest.Monke
     with pytest.raises(ConfigError, match=r"group_batches 2 needs the training data in memory, and 'synthetic' takes"):
         data.train_dataloader()
     assert len(next(iter(data.val_dataloader()))[0]) == 16  # evaluation is served item by item, as without groups
+
+
+def test_the_evaluations_after_a_grouped_fit_see_the_steps_it_took() -> None:
+    module, run, _ = fit(4)
+    run.validate(module, datamodule=run.datamodule, verbose=False)
+    # What results.json and the figures log their final values at: the optimizer steps, not 0.
+    assert run.global_step == 2 * BATCHES
+
+
+def test_a_checkpoint_callback_of_another_kind_is_no_reason_to_refuse_groups(tmp_path: Path) -> None:
+    from lightning.pytorch.callbacks import OnExceptionCheckpoint
+
+    single, _, _ = fit(1)
+    on_exception = OnExceptionCheckpoint(dirpath=tmp_path / "on_exception")
+    grouped, run, _ = fit(4, directory=tmp_path / "checkpoints", callbacks=(on_exception,))
+    assert run.global_step == 2 * BATCHES
+    assert_same_weights(single, grouped)
