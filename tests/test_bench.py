@@ -22,7 +22,10 @@ def test_benchmark_runs_every_implementation_and_writes_the_report(tmp_path: Pat
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     summaries = json.loads((out / "results.json").read_text())["summaries"]
-    assert set(summaries["mlp"]) == {"raw-naive", "raw-tensor", "template"}
+    assert set(summaries["mlp"]) == {"raw-naive", "raw-tensor", "template", "template-grouped"}
+    # 8 optimizer steps per Lightning step train the same weights: the same test accuracy.
+    grouped, template = summaries["mlp"]["template-grouped"], summaries["mlp"]["template"]
+    assert grouped["test_acc"]["median"] == template["test_acc"]["median"]
     assert set(summaries["line"]) == {"raw-naive", "template"}
     for summary in summaries["mlp"].values():
         assert summary["epoch"]["median"] > 0 and summary["wall"]["median"] > summary["startup"]["median"] > 0
@@ -32,6 +35,8 @@ def test_benchmark_runs_every_implementation_and_writes_the_report(tmp_path: Pat
 
     report = (out / "RESULTS.md").read_text()
     assert "| mlp: template / raw-tensor, per-epoch |" in report and "## line: linear" in report
+    assert "| mlp: template-grouped / raw-tensor, per-epoch |" in report
+    assert "| mlp: template / raw-tensor, peak RSS |" in report
     assert "`main.py --help` / `import lightning.pytorch`" in report
     assert (out / "ratios.png").read_bytes().startswith(b"\x89PNG")
 
